@@ -1,0 +1,124 @@
+"""Layers shared by every family: stochastic depth, channels-first LayerNorm, Conv-BN folding, the CSP wrapper.
+
+No family re-implements these; each family file imports what it needs from here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["Fusable", "DropPath", "LayerNorm2d", "fuse_conv_bn", "drop_path_rates", "CSPBlock", "to_2tuple"]
+
+
+class Fusable:
+    """Mixin for re-parameterisable plugin modules.
+
+    ``fuse()`` folds the module's training-time branches (Conv-BN pairs, RepVGG-style parallel branches) into single
+    convs in place, switching ``forward`` to the deployed form. It must be idempotent. The patched Ultralytics
+    ``model.fuse()`` calls it on every ``Fusable`` submodule, children before parents.
+    """
+
+    def fuse(self) -> None:
+        raise NotImplementedError
+
+
+def to_2tuple(x) -> tuple:
+    """Return ``(x, x)`` for a scalar, ``tuple(x)`` for a pair."""
+    return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+
+
+def drop_path_rates(rate: float, depths: list[int]) -> list[list[float]]:
+    """Linearly increasing stochastic-depth rates over all blocks, split per stage (timm/official convention)."""
+    rates = torch.linspace(0, rate, sum(depths)).tolist()
+    out, i = [], 0
+    for d in depths:
+        out.append(rates[i : i + d])
+        i += d
+    return out
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample: zero the residual branch with probability ``p`` in training, scale by 1/(1-p)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) -> (B, ...)."""
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel dimension of a (B, C, H, W) tensor; same parameters as ``nn.LayerNorm(C)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(
+            0, 3, 1, 2
+        )
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Fold an inference-mode BatchNorm that follows ``conv`` into a single biased Conv2d.
+
+    Returns a new conv with ``w' = w * g / s`` and ``b' = (b - mean) * g / s + beta``, ``s = sqrt(var + eps)``.
+    """
+    std = (bn.running_var + bn.eps).sqrt()
+    scale = bn.weight / std
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    fused.weight.requires_grad_(conv.weight.requires_grad)
+    return fused
+
+
+class CSPBlock(nn.Module):
+    """C2f-style CSP wrapper whose inner bottlenecks are plugin blocks (subclasses implement ``make_block``).
+
+    ``cv1`` (1x1 Conv-BN-SiLU) splits the input into two halves of ``c = c2 * e`` channels, ``n`` blocks run in a chain
+    on the second half, every intermediate output is concatenated and ``cv2`` projects ``(2 + n) * c -> c2``.
+    Uses Ultralytics' ``Conv`` so that ``model.fuse()`` folds its BatchNorms like in ``C2f``.
+
+    Shapes: (B, c1, H, W) -> (B, c2, H, W).
+    """
+
+    def __init__(self, c1: int, c2: int, n: int = 1, e: float = 0.5, **block_kwargs):
+        super().__init__()
+        from ultralytics.nn.modules.conv import Conv
+
+        self.c = int(c2 * e)
+        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
+        self.cv2 = Conv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(self.make_block(self.c, **block_kwargs) for _ in range(n))
+
+    def make_block(self, c: int, **kwargs) -> nn.Module:
+        """Return one channel-preserving inner block with ``c`` channels."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, c1, H, W) -> (B, c2, H, W)."""
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
