@@ -149,8 +149,11 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None, **kwarg
     families = _backbone_families()
     for fam in sorted(families, key=len, reverse=True):
         if name.lower().startswith(fam + "_"):
-            cls = families[fam]
-            return cls(name[len(fam) + 1 :], weights=weights, **kwargs)
+            cls, variant = families[fam], name[len(fam) + 1 :]
+            if variant not in cls.variants:
+                valid = ", ".join(f"{fam}_{v}" for v in cls.variants)
+                raise PluginError(f"unknown backbone '{name}': {cls.__name__} variants are {valid}")
+            return cls(variant, weights=weights, **kwargs)
     close = difflib.get_close_matches(name, list_backbones(), n=3)
     raise PluginError(
         f"unknown backbone '{name}'. Known: {', '.join(list_backbones())}."

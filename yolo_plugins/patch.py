@@ -43,7 +43,7 @@ _ORIGINALS: dict[str, Any] = {}  # name -> original object, filled by register()
 _INJECTED: dict[str, type] = {}  # YAML name -> builder class placed in tasks' namespace
 _LOCK = threading.RLock()
 _LOCAL = threading.local()  # .records: list[RowRecord] while a `recording()` block is active
-_FRAME_LOCALS = ("ch", "width", "max_channels", "depth", "scale", "scales", "args", "layers", "nc")
+_FRAME_LOCALS = ("ch", "width", "max_channels", "depth", "scale", "scales", "args", "layers", "nc", "n_")
 
 
 def _tasks():
@@ -224,6 +224,7 @@ class _Stream:
     rows: list
     plugin_c2: dict[int, Any] = field(default_factory=dict)  # row index -> true output channels
     backbones: dict[int, str] = field(default_factory=dict)  # row index -> description of the backbone row
+    plugin_n: dict[int, int] = field(default_factory=dict)  # row index -> depth-scaled repeats
     records: list | None = None
 
     def __iter__(self):
@@ -261,9 +262,9 @@ class _Stream:
                 RowRecord(
                     i - 1,
                     f,
-                    n,
+                    self.plugin_n.get(i - 1, loc.get("n_", n)),
                     getattr(layer, "type", type(layer).__name__),
-                    repr(args[0]) if len(args) == 1 and isinstance(args[0], _Built) else repr(list(args)),
+                    f"[{args[0]!r}]" if len(args) == 1 and isinstance(args[0], _Built) else repr(list(args)),
                     ch[-1].channels if isinstance(ch[-1], FeatureChannels) else ch[-1],
                     plugin=i - 1 in self.plugin_c2,
                 )
@@ -343,6 +344,7 @@ class _Stream:
                     f"{loc['layers'][src].strides})."
                 )
             call, c2 = [k], chans[k]
+        self.plugin_n[i] = n_eff if not entry.repeat else call[2]
         modules = [self._construct(label, entry, call, kwargs) for _ in range(n_eff)]
         if entry.rule == "backbone":
             bb = modules[0]

@@ -47,7 +47,8 @@ class Entry:
     @property
     def signature(self) -> str:
         """Constructor arguments as a YAML row's args supply them (``c1``/``c2`` filled in by the rule)."""
-        return str(inspect.signature(self.cls.__init__)).replace("(self, ", "(").replace("(self)", "()")
+        params = list(inspect.signature(self.cls.__init__).parameters.values())[1:]
+        return "(" + ", ".join(str(p.replace(annotation=inspect.Parameter.empty)) for p in params) + ")"
 
     @property
     def summary(self) -> str:

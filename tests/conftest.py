@@ -1,0 +1,111 @@
+"""Shared fixtures: a tiny registered backbone and helpers. Everything offline, small sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import yolo_plugins
+from yolo_plugins import Backbone, FeatureInfo, register_module, unregister_module
+
+ROOT = Path(__file__).resolve().parents[1]
+YAMLS = ROOT / "model_yamls"
+
+
+class ToyBackbone(Backbone):
+    """Four strided convs: features at strides 4/8/16/32 with the variant's channels."""
+
+    family = "toy"
+    default_variant = "a"
+    variants = {"a": dict(dims=(8, 16, 24, 40)), "b": dict(dims=(16, 32, 48, 80))}
+
+    def __init__(self, variant: str = "a", weights: str | None = None):
+        super().__init__(variant)
+        dims = self.config(self.variant)["dims"]
+        self.stem = nn.Conv2d(3, dims[0], 4, 4)
+        self.stages = nn.ModuleList(nn.Conv2d(a, b, 3, 2, 1) for a, b in zip(dims, dims[1:]))
+        for i, c in enumerate(dims):
+            self.feature_info.append(FeatureInfo(c, 4 * 2**i, f"stages.{i}"))
+        self.check_feature_info()
+        if weights:
+            self.load_weights(weights)
+
+    def forward(self, x):
+        out = [self.stem(x)]
+        for s in self.stages:
+            out.append(s(out[-1]))
+        return out
+
+
+class ScaledConv(nn.Module):
+    """3x3 conv c1 -> c2 (a user module with the 'scaled' rule)."""
+
+    def __init__(self, c1: int, c2: int, k: int = 3):
+        super().__init__()
+        self.c1, self.c2 = c1, c2
+        self.conv = nn.Conv2d(c1, c2, k, padding=k // 2)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class RepeatBlock(nn.Module):
+    """c1 -> c2 with n inner 1x1 convs (a user module with the 'scaled' rule and repeat=True)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1):
+        super().__init__()
+        self.n = n
+        self.m = nn.Sequential(nn.Conv2d(c1, c2, 1), *(nn.Conv2d(c2, c2, 1) for _ in range(n)))
+
+    def forward(self, x):
+        return self.m(x)
+
+
+@pytest.fixture
+def toy_modules():
+    """Register ToyBackbone, ScaledConv and RepeatBlock for one test."""
+    register_module(ToyBackbone, channels="backbone")
+    register_module(ScaledConv, channels="scaled")
+    register_module(RepeatBlock, channels="scaled", repeat=True)
+    yield
+    for name in ("ToyBackbone", "ScaledConv", "RepeatBlock"):
+        unregister_module(name)
+
+
+@pytest.fixture
+def registered():
+    """Make sure the patch is active (a test may have unregistered it) and leave it active."""
+    yolo_plugins.register()
+    yield
+    yolo_plugins.register()
+
+
+def toy_yaml(head_extra=None, backbone=None, scale="n") -> dict:
+    """A small detection YAML on ToyBackbone (Feature rows -> ScaledConv/RepeatBlock neck -> Detect)."""
+    return {
+        "nc": 3,
+        "scale": scale,
+        "scales": {"n": [0.33, 0.25, 1024], "x": [1.0, 1.25, 512]},
+        "backbone": backbone
+        or [
+            [-1, 1, "ToyBackbone", [{"n": "a", "x": "b"}]],  # 0
+            [0, 1, "Feature", [1]],  # 1 P3
+            [0, 1, "Feature", [2]],  # 2 P4
+            [0, 1, "Feature", [3]],  # 3 P5
+        ],
+        "head": (head_extra or [])
+        + [
+            [1, 1, "ScaledConv", [64]],
+            [2, 3, "RepeatBlock", [128]],
+            [3, 1, "ScaledConv", [256, 1]],
+            [[-3, -2, -1], 1, "Detect", ["nc"]],
+        ],
+    }
+
+
+def seeded(fn, seed=0):
+    torch.manual_seed(seed)
+    return fn()

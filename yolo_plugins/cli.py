@@ -1,0 +1,76 @@
+"""``yolo-plugins`` command: Ultralytics' ``yolo`` CLI with the plugin registered, plus ``list`` and ``shapes``.
+
+    yolo-plugins list
+    yolo-plugins shapes model_yamls/yolov8-ca.yaml --imgsz 640
+    yolo-plugins train model=model_yamls/yolov8-ca.yaml data=... epochs=...   # any `yolo` command passes through
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import PluginError
+
+OWN_COMMANDS = ("list", "shapes")
+
+
+def _cmd_list(_: argparse.Namespace) -> int:
+    from .backbone import Backbone
+    from .registry import list_modules
+
+    rows = []
+    for e in list_modules():
+        args = e.signature
+        if isinstance(e.cls, type) and issubclass(e.cls, Backbone):
+            args += f"  variants: {', '.join(e.cls.variants)}"
+        rows.append((e.name, e.rule + (" +n" if e.repeat else ""), args, e.summary))
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    print(f"{'module':<{w0}}  {'channels':<{w1}}  arguments / description")
+    for name, rule, args, doc in rows:
+        print(f"{name:<{w0}}  {rule:<{w1}}  {args}\n{'':<{w0 + w1 + 4}}{doc}")
+    print("\nchannel rules: same = output channels equal input (built as cls(c1, *args)); scaled = first arg is c2, "
+          "scaled by width like Conv (cls(c1, c2, *args[1:])), +n = takes the row's repeats; backbone = outputs a "
+          "feature list (pick with Feature rows); feature = picks one backbone feature")
+    return 0
+
+
+def _cmd_shapes(ns: argparse.Namespace) -> int:
+    from .shapes import format_shapes, model_shapes
+
+    print(format_shapes(model_shapes(ns.model, ns.imgsz), ns.imgsz))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``yolo-plugins`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    import yolo_plugins  # noqa: F401  registers the plugin modules
+
+    if argv and argv[0] in OWN_COMMANDS:
+        p = argparse.ArgumentParser(prog="yolo-plugins", description="YOLO plugin modules for Ultralytics")
+        sub = p.add_subparsers(dest="cmd", required=True)
+        sub.add_parser("list", help="registered modules, their channel rule and arguments")
+        s = sub.add_parser("shapes", help="per-layer table of a model YAML")
+        s.add_argument("model", help="model YAML path")
+        s.add_argument("--imgsz", default="640", help="input size: 640 or height,width (default 640)")
+        ns = p.parse_args(argv)
+        try:
+            return {"list": _cmd_list, "shapes": _cmd_shapes}[ns.cmd](ns)
+        except (PluginError, FileNotFoundError) as e:
+            print(f"yolo-plugins: error: {e}", file=sys.stderr)
+            return 2
+    # everything else is Ultralytics' own CLI (train/val/predict/export/... key=value arguments)
+    from ultralytics.cfg import entrypoint
+
+    sys.argv[:] = ["yolo", *argv]  # Ultralytics reads the same list object (ultralytics.cfg.ARGV)
+    try:
+        entrypoint()
+    except PluginError as e:
+        print(f"yolo-plugins: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,644 @@
+"""TransNeXt: Robust Foveal Visual Perception for Vision Transformers (Shi, CVPR 2024, arXiv 2311.17132).
+
+A four-stage hierarchical transformer. Each stage opens with an overlapping patch embedding (7x7 stride-4 conv for the
+stem, 3x3 stride-2 convs between stages, each followed by LayerNorm) and stacks pre-norm blocks of a token mixer and a
+Convolutional GLU channel mixer, with stochastic depth on both residuals and a LayerNorm closing the stage.
+
+* Stages 1-3 mix tokens with **Aggregated Attention**: every query attends, through *one shared softmax*, to (a) its
+  query-centred 3x3 sliding window of keys/values with a learnable position bias, and (b) keys/values pooled from the
+  whole map (1x1 conv "sr", GELU, adaptive average pooling to (H/sr, W/sr), LayerNorm) with a continuous relative
+  position bias (an MLP on log-spaced relative coordinates). Similarities are length-scaled cosine similarities:
+  L2-normalised queries plus a learnable query embedding, times softplus(temperature) and log(local + pooled length).
+  The local path also aggregates its values with query-learnable tokens + bias ("QLV" attention).
+* Stage 4 uses full multi-head self-attention with the same cosine scaling, query embedding and continuous bias.
+
+Behaviour follows the official DaiShiResearch/TransNeXt (Apache-2.0): the multi-scale ("extrapolation") code path of
+``detection/dino/transnext_native.py`` (position tables computed from the actual input size, coordinates scaled by the
+``pretrain_size`` of each stage), with the classifier head of ``classification/transnext.py``. Parameter names and
+shapes are the official ones, so the ImageNet checkpoints (``{"model": state_dict}``) load unchanged.
+
+Implementation differences (same math, checked against the official code and ``tests/oracles/transnext_naive.py``):
+everything that depends only on the input size (relative-coordinate tables and their indices, the window padding mask,
+the length scale) is computed once per (size, device) without ``torch.unique`` and cached; the 3x3 window is read as
+nine shifted views of a padded key/value map instead of ``nn.Unfold`` + batched 1x9 matmuls; the sr 1x1 conv runs as a
+linear layer on tokens. Inputs of any size work: a pooled size that would be 0 (maps smaller than ``sr``) is clamped
+to 1, where the official code fails.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import Backbone, FeatureInfo
+from .errors import PluginError
+from .layers import CSPBlock, DropPath, drop_path_rates, to_2tuple
+from .registry import register_module
+
+__all__ = [
+    "OverlapPatchEmbed",
+    "ConvolutionalGLU",
+    "AggregatedAttention",
+    "Attention",
+    "Block",
+    "TransNeXtBlock",
+    "ConvGLU",
+    "C2fTransNeXt",
+    "TransNeXt",
+    "checkpoint_filter_fn",
+    "cpb_geometry",
+    "local_geometry",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Geometry that depends only on the input size: computed once per (size, device), then served from a cache.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _pool_bounds(n: int, p: int) -> list[tuple[int, int]]:
+    """Start/end (exclusive) of the ``p`` windows of PyTorch's adaptive average pooling over ``n`` positions."""
+    return [((j * n) // p, -(-((j + 1) * n) // p)) for j in range(p)]
+
+
+def _axis_table(n: int, p: int, ref: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-spaced relative coordinates along one axis between ``n`` query positions and ``p`` pooled key positions.
+
+    The pooled key position is the mean of its pooling window, a multiple of 1/2, so ``2 * (query - key)`` is an exact
+    integer: the distinct values are found in Python (no ``torch.unique``). Returns the transformed distinct values
+    ``(U,)`` and, for every (query, key) pair, the index of its value ``(n, p)``.
+    """
+    d2 = [[2 * q - (s + e - 1) for s, e in _pool_bounds(n, p)] for q in range(n)]
+    values = sorted({v for row in d2 for v in row})
+    pos = {v: i for i, v in enumerate(values)}
+    index = torch.tensor([[pos[v] for v in row] for row in d2], dtype=torch.long)
+    coords = torch.tensor(values, dtype=torch.float32) / 2 / (ref - 1) * 8  # same float ops as the official code
+    coords = torch.sign(coords) * torch.log2(coords.abs() + 1.0) / torch.log2(torch.tensor(8, dtype=torch.float32))
+    return coords, index
+
+
+@lru_cache(maxsize=256)
+def cpb_geometry(
+    size: tuple[int, int], pool: tuple[int, int], ref: tuple[int, int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Relative-coordinate table and indices of the continuous position bias (cached per arguments).
+
+    Args:
+        size: Query map size (H, W).
+        pool: Key map size (pH, pW) (adaptive-average-pooled from the query map; equal to ``size`` for full attention).
+        ref: Per-stage pre-training map size used to normalise the coordinates (official ``pretrain_size // stride``).
+        device: Where the tensors live.
+
+    Returns:
+        ``table`` (Uh * Uw, 2) log-spaced (dh, dw) coordinates fed to the bias MLP, ``index_h`` (H, 1, pH, 1) and
+        ``index_w`` (1, W, 1, pW): the bias of query (y, x) and key (i, j) is row ``index_h[y, i] * Uw + index_w[x, j]``
+        of the MLP output. The set of (dh, dw) pairs is the product of the per-axis sets, as in the official table.
+    """
+    with torch.inference_mode(False), torch.no_grad():  # never cache inference tensors (they break later training)
+        ch, ih = _axis_table(size[0], pool[0], ref[0])
+        cw, iw = _axis_table(size[1], pool[1], ref[1])
+        table = torch.stack(torch.meshgrid(ch, cw, indexing="ij"), dim=-1).reshape(-1, 2)
+        index_h = (ih * len(cw)).view(size[0], 1, pool[0], 1)
+        index_w = iw.view(1, size[1], 1, pool[1])
+        return table.to(device), index_h.to(device), index_w.to(device)
+
+
+@lru_cache(maxsize=256)
+def local_geometry(
+    size: tuple[int, int], window: int, pool_len: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padding mask and length scale of the sliding window (cached per arguments).
+
+    Returns:
+        ``mask`` (N, window**2): 0 where the window position lies inside the map, -inf outside (zero padding), in
+        ``nn.Unfold`` order; ``scale`` (N, 1, 1): log(number of valid window positions + pooled length).
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        valid = F.unfold(torch.ones(1, 1, *size), window, padding=window // 2)[0].t()  # (N, window**2)
+        mask = torch.zeros_like(valid).masked_fill_(valid == 0, float("-inf"))
+        scale = torch.log(valid.sum(-1) + pool_len).view(-1, 1, 1)
+        return mask.to(device), scale.to(device)
+
+
+@lru_cache(maxsize=256)
+def _log_length(n: int, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.log(torch.tensor(float(n), device=device))
+
+
+def clear_caches() -> None:
+    """Drop every cached size-dependent table (e.g. to free memory after inference at many sizes)."""
+    cpb_geometry.cache_clear()
+    local_geometry.cache_clear()
+    _log_length.cache_clear()
+
+
+def _continuous_bias(fc1: nn.Linear, fc2: nn.Linear, size, pool, ref, device) -> torch.Tensor:
+    """Continuous relative position bias: MLP on the cached coordinate table, gathered to (heads, H*W, pH*pW)."""
+    table, index_h, index_w = cpb_geometry(size, pool, ref, device)
+    t = fc2(F.relu(fc1(table))).t()  # (heads, Uh*Uw)
+    bias = t[:, index_h + index_w]  # (heads, H, W, pH, pW)
+    return bias.reshape(t.shape[0], size[0] * size[1], pool[0] * pool[1])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Overlapping patch embedding: strided conv + LayerNorm. (B, C, H, W) -> tokens (B, H/s * W/s, D), H/s, W/s.
+
+    Args:
+        patch_size: Conv kernel size (7 for the stem, 3 between stages); padding is ``patch_size // 2``.
+        stride: Conv stride (4 for the stem, 2 between stages).
+        in_chans: Input channels.
+        embed_dim: Output channels D.
+    """
+
+    def __init__(self, patch_size: int = 7, stride: int = 4, in_chans: int = 3, embed_dim: int = 768):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride, padding=patch_size // 2)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = self.proj(x)
+        H, W = x.shape[-2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), H, W
+
+
+class DWConv(nn.Module):
+    """3x3 depthwise conv on tokens: (B, H*W, C) -> (B, H*W, C)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        B, _, C = x.shape
+        return self.dwconv(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
+
+
+class ConvolutionalGLU(nn.Module):
+    """Convolutional GLU channel mixer: fc1 -> (GELU(dwconv3x3(x1)) * x2) -> fc2. (B, N, C) -> (B, N, C).
+
+    The hidden width is ``int(2 * hidden_features / 3)`` (the official rule keeping the FLOPs of an MLP of
+    ``hidden_features``).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
+                 drop: float = 0.0):
+        super().__init__()
+        out_features = out_features or in_features
+        hidden = int(2 * (hidden_features or in_features) / 3)
+        self.fc1 = nn.Linear(in_features, hidden * 2)
+        self.dwconv = DWConv(hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        x, v = self.fc1(x).chunk(2, dim=-1)
+        x = self.drop(self.act(self.dwconv(x, H, W)) * v)
+        return self.drop(self.fc2(x))
+
+
+def _init_temperature(num_heads: int) -> nn.Parameter:
+    """softplus(temperature) starts at 1 / 0.24, one per head: (heads, 1, 1)."""
+    return nn.Parameter(torch.log((torch.ones(num_heads, 1, 1) / 0.24).exp() - 1))
+
+
+class AggregatedAttention(nn.Module):
+    """Aggregated (pixel-focused) attention of stages 1-3: (B, H*W, C) tokens -> (B, H*W, C).
+
+    Args:
+        dim: Channels C.
+        num_heads: Heads (C must be divisible by it).
+        window_size: Odd side of the query-centred sliding window (3).
+        qkv_bias: Bias of the q/kv projections.
+        attn_drop: Dropout on the attention weights.
+        proj_drop: Dropout after the output projection.
+        sr_ratio: The pooled map is (H // sr_ratio, W // sr_ratio) (at least 1x1) unless ``pool_size`` is set.
+        pool_size: Fixed pooled size (official ``fixed_pool_size``), clamped to the map size.
+        pretrain_size: Map size (H, W) at pre-training, used to scale the relative coordinates (official
+            ``pretrain_size // stride`` of the stage).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, window_size: int = 3, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, sr_ratio: int = 1, pool_size: int | None = None,
+                 pretrain_size: int | Sequence[int] = 14):
+        super().__init__()
+        if dim % num_heads:
+            raise PluginError(f"AggregatedAttention: dim {dim} is not divisible by num_heads {num_heads}")
+        if window_size % 2 != 1:
+            raise PluginError(f"AggregatedAttention: window_size must be odd, got {window_size}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.sr_ratio, self.window_size, self.local_len = sr_ratio, window_size, window_size**2
+        self.pool_size = pool_size
+        self.pretrain_size = tuple(int(s) for s in to_2tuple(pretrain_size))
+        if min(self.pretrain_size) < 2:
+            raise PluginError(f"AggregatedAttention: pretrain_size {self.pretrain_size} must be at least 2")
+
+        self.temperature = _init_temperature(num_heads)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.query_embedding = nn.Parameter(nn.init.trunc_normal_(torch.empty(num_heads, 1, self.head_dim), std=0.02))
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        # pooled path
+        self.sr = nn.Conv2d(dim, dim, kernel_size=1)
+        self.norm = nn.LayerNorm(dim)
+        self.act = nn.GELU()
+        # MLP of the continuous relative position bias (pooled path)
+        self.cpb_fc1 = nn.Linear(2, 512, bias=True)
+        self.cpb_act = nn.ReLU(inplace=True)
+        self.cpb_fc2 = nn.Linear(512, num_heads, bias=True)
+        # learnable position bias of the local path
+        self.relative_pos_bias_local = nn.Parameter(
+            nn.init.trunc_normal_(torch.empty(num_heads, self.local_len), std=0.0004)
+        )
+        # query-learnable tokens + bias of the local path
+        self.learnable_tokens = nn.Parameter(
+            nn.init.trunc_normal_(torch.empty(num_heads, self.head_dim, self.local_len), std=0.02)
+        )
+        self.learnable_bias = nn.Parameter(torch.zeros(num_heads, 1, self.local_len))
+
+    def pooled_size(self, H: int, W: int) -> tuple[int, int]:
+        """Size of the pooled key/value map for an (H, W) query map."""
+        if self.pool_size is not None:
+            return min(self.pool_size, H), min(self.pool_size, W)
+        return max(H // self.sr_ratio, 1), max(W // self.sr_ratio, 1)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        B, N, C = x.shape
+        h, d, L, ws = self.num_heads, self.head_dim, self.local_len, self.window_size
+        pool = self.pooled_size(H, W)
+        P = pool[0] * pool[1]
+        mask, seq_scale = local_geometry((H, W), ws, P, x.device)
+
+        # queries: cosine (L2-normalised) + query embedding, scaled by softplus(temperature) and log(length)
+        q_norm = F.normalize(self.q(x).view(B, N, h, d), dim=-1)  # (B, N, h, d)
+        temp = F.softplus(self.temperature).view(h, 1)
+        q_scaled = (q_norm + self.query_embedding.view(h, d)) * temp * seq_scale  # (B, N, h, d)
+
+        # local keys/values: nine shifted views of the zero-padded maps
+        kv = self.kv(x).view(B, H, W, 2, h, d)
+        pad = ws // 2
+        k_pad = F.pad(F.normalize(kv[:, :, :, 0], dim=-1), (0, 0, 0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, h, d)
+        v_pad = F.pad(kv[:, :, :, 1], (0, 0, 0, 0, pad, pad, pad, pad))
+        q_map = q_scaled.view(B, H, W, h, d)
+        shifts = [(i, j) for i in range(ws) for j in range(ws)]
+        attn_local = torch.stack([(q_map * k_pad[:, i : i + H, j : j + W]).sum(-1) for i, j in shifts], dim=-1)
+        local_bias = self.relative_pos_bias_local.unsqueeze(1) + mask  # (h, N, L)
+        attn_local = attn_local.view(B, N, h, L).transpose(1, 2) + local_bias  # (B, h, N, L)
+
+        # pooled keys/values: sr (1x1 conv as a linear layer) -> GELU -> adaptive avg pool -> LayerNorm -> kv
+        x_ = self.act(F.linear(x, self.sr.weight.view(C, C), self.sr.bias))
+        x_ = F.adaptive_avg_pool2d(x_.view(B, H, W, C).permute(0, 3, 1, 2), pool).flatten(2).transpose(1, 2)
+        kv_pool = self.kv(self.norm(x_)).view(B, P, 2, h, d).permute(2, 0, 3, 1, 4)  # (2, B, h, P, d)
+        k_pool, v_pool = F.normalize(kv_pool[0], dim=-1), kv_pool[1]
+        pool_bias = _continuous_bias(self.cpb_fc1, self.cpb_fc2, (H, W), pool, self.pretrain_size, x.device)
+        attn_pool = q_scaled.transpose(1, 2) @ k_pool.transpose(-2, -1) + pool_bias  # (B, h, N, P)
+
+        # one softmax over local + pooled similarities
+        attn = self.attn_drop(torch.cat([attn_local, attn_pool], dim=-1).softmax(dim=-1))
+        attn_local, attn_pool = attn[..., :L], attn[..., L:]
+
+        # local aggregation with query-learnable tokens + bias added to the attention weights
+        w_local = (q_norm.transpose(1, 2) @ self.learnable_tokens + self.learnable_bias + attn_local)  # (B, h, N, L)
+        w_local = w_local.transpose(1, 2).reshape(B, H, W, h, L)
+        x_local = w_local[..., 0:1] * v_pad[:, 0:H, 0:W]
+        for n, (i, j) in enumerate(shifts[1:], start=1):
+            x_local = x_local + w_local[..., n : n + 1] * v_pad[:, i : i + H, j : j + W]
+        x = x_local.view(B, N, h, d) + (attn_pool @ v_pool).transpose(1, 2)
+        return self.proj_drop(self.proj(x.reshape(B, N, C)))
+
+    def extra_repr(self) -> str:
+        pool = f"pool_size={self.pool_size}" if self.pool_size is not None else f"sr_ratio={self.sr_ratio}"
+        return f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, {pool}"
+
+
+class Attention(nn.Module):
+    """Full multi-head self-attention of stage 4 (cosine + query embedding + continuous bias): (B, N, C) -> (B, N, C).
+
+    Args:
+        dim: Channels C.
+        num_heads: Heads.
+        qkv_bias: Bias of the qkv projection.
+        attn_drop: Dropout on the attention weights.
+        proj_drop: Dropout after the output projection.
+        pretrain_size: Map size at pre-training (official ``pretrain_size // 32``), scales the relative coordinates.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, pretrain_size: int | Sequence[int] = 7):
+        super().__init__()
+        if dim % num_heads:
+            raise PluginError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.pretrain_size = tuple(int(s) for s in to_2tuple(pretrain_size))
+        if min(self.pretrain_size) < 2:
+            raise PluginError(f"Attention: pretrain_size {self.pretrain_size} must be at least 2")
+        self.temperature = _init_temperature(num_heads)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.query_embedding = nn.Parameter(nn.init.trunc_normal_(torch.empty(num_heads, 1, self.head_dim), std=0.02))
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.cpb_fc1 = nn.Linear(2, 512, bias=True)
+        self.cpb_act = nn.ReLU(inplace=True)
+        self.cpb_fc2 = nn.Linear(512, num_heads, bias=True)
+
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        bias = _continuous_bias(self.cpb_fc1, self.cpb_fc2, (H, W), (H, W), self.pretrain_size, x.device)
+        scale = F.softplus(self.temperature) * _log_length(N, x.device)
+        q = (F.normalize(q, dim=-1) + self.query_embedding) * scale
+        attn = (q @ F.normalize(k, dim=-1).transpose(-2, -1) + bias).softmax(dim=-1)
+        x = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Module):
+    """TransNeXt block on tokens: x + attn(norm1(x)), then x + ConvGLU(norm2(x)). (B, H*W, C) -> (B, H*W, C).
+
+    ``sr_ratio == 1`` (and no ``pool_size``) selects full :class:`Attention` (stage 4), otherwise
+    :class:`AggregatedAttention`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6,
+                 sr_ratio: int = 1, pool_size: int | None = None, pretrain_size: int | Sequence[int] = 14):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        if sr_ratio == 1 and pool_size is None:
+            self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, pretrain_size)
+        else:
+            self.attn = AggregatedAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop, sr_ratio,
+                                            pool_size, pretrain_size)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = ConvolutionalGLU(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward_tokens(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), H, W))
+        return x + self.drop_path(self.mlp(self.norm2(x), H, W))
+
+    forward = forward_tokens
+
+
+def _default_heads(c: int, head_dim: int = 32) -> int:
+    h = max(c // head_dim, 1)
+    while c % h:
+        h -= 1
+    return h
+
+
+def _to_tokens(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.ndim != 4:
+        raise PluginError(f"{name} expects a (B, C, H, W) tensor, got shape {list(x.shape)}")
+    return x.flatten(2).transpose(1, 2)
+
+
+@register_module(channels="same")
+class TransNeXtBlock(Block):
+    """TransNeXt block for YAML necks: Aggregated Attention + ConvGLU with norms and residuals. (B, C, H, W) -> same.
+
+    The pooled key/value map adapts to the input: a fixed ``pool_size`` (clamped to the map size) or, with
+    ``pool_size=None``, (H // sr_ratio, W // sr_ratio). Works at any input size.
+
+    Args:
+        c1: Channels (kept).
+        num_heads: Heads; default ``c1 // 32`` rounded down to a divisor of c1.
+        mlp_ratio: ConvGLU hidden ratio (before the 2/3 GLU rule).
+        pool_size: Fixed pooled size, or None to pool by ``sr_ratio``.
+        sr_ratio: Pooling ratio used when ``pool_size`` is None.
+        window_size: Sliding-window side.
+        pretrain_size: Map size that scales the relative coordinates of the position-bias MLP.
+        drop_path: Stochastic depth rate.
+
+    Examples:
+        >>> m = TransNeXtBlock(64, num_heads=2)
+        >>> m(torch.zeros(1, 64, 20, 28)).shape
+        torch.Size([1, 64, 20, 28])
+    """
+
+    def __init__(self, c1: int, num_heads: int | None = None, mlp_ratio: float = 4.0, pool_size: int | None = 7,
+                 sr_ratio: int = 2, window_size: int = 3, pretrain_size: int = 14, drop_path: float = 0.0):
+        num_heads = num_heads or _default_heads(c1)
+        if c1 % num_heads:
+            raise PluginError(f"TransNeXtBlock: channels {c1} are not divisible by num_heads {num_heads}; pick a "
+                              "divisor of the (width-scaled) channels or leave num_heads unset")
+        if pool_size is None and sr_ratio < 2:
+            raise PluginError("TransNeXtBlock: use sr_ratio >= 2 or a pool_size (aggregated attention needs pooling)")
+        super().__init__(c1, num_heads, window_size, mlp_ratio, drop_path=drop_path, sr_ratio=max(sr_ratio, 2),
+                         pool_size=pool_size, pretrain_size=pretrain_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        y = self.forward_tokens(_to_tokens(x, "TransNeXtBlock"), H, W)
+        return y.transpose(1, 2).reshape(B, C, H, W)
+
+
+@register_module(channels="same")
+class ConvGLU(nn.Module):
+    """Convolutional GLU channel mixer for YAML necks: x + ConvGLU(LayerNorm(x)). (B, C, H, W) -> (B, C, H, W).
+
+    Args:
+        c1: Channels (kept).
+        mlp_ratio: Hidden ratio before the 2/3 GLU rule (hidden = int(2/3 * c1 * mlp_ratio)).
+        residual: Add the input (pre-norm residual block); False gives the bare mixer ``ConvGLU(x)``.
+        drop_path: Stochastic depth rate of the residual branch.
+    """
+
+    def __init__(self, c1: int, mlp_ratio: float = 4.0, residual: bool = True, drop_path: float = 0.0):
+        super().__init__()
+        self.residual = bool(residual)
+        self.norm = nn.LayerNorm(c1, eps=1e-6) if self.residual else nn.Identity()
+        self.mlp = ConvolutionalGLU(c1, int(c1 * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        t = _to_tokens(x, "ConvGLU")
+        y = self.drop_path(self.mlp(self.norm(t), H, W))
+        y = t + y if self.residual else y
+        return y.transpose(1, 2).reshape(B, C, H, W)
+
+
+@register_module(channels="scaled", repeat=True)
+class C2fTransNeXt(CSPBlock):
+    """C2f-style CSP block whose inner blocks are :class:`TransNeXtBlock`. (B, c1, H, W) -> (B, c2, H, W).
+
+    Args:
+        c1: Input channels.
+        c2: Output channels.
+        n: Number of inner TransNeXt blocks (each on ``c2 * e`` channels).
+        e: Hidden ratio of the CSP split.
+        num_heads: Heads of the inner blocks (default ``(c2 * e) // 32`` rounded to a divisor).
+        mlp_ratio: ConvGLU ratio of the inner blocks.
+        pool_size: Fixed pooled size of the inner aggregated attention (None: pool by ``sr_ratio``).
+        sr_ratio: Pooling ratio when ``pool_size`` is None.
+        drop_path: Stochastic depth rate of the inner blocks.
+    """
+
+    def __init__(self, c1: int, c2: int, n: int = 1, e: float = 0.5, num_heads: int | None = None,
+                 mlp_ratio: float = 4.0, pool_size: int | None = 7, sr_ratio: int = 2, drop_path: float = 0.0):
+        super().__init__(c1, c2, n, e, num_heads=num_heads, mlp_ratio=mlp_ratio, pool_size=pool_size,
+                         sr_ratio=sr_ratio, drop_path=drop_path)
+
+    def make_block(self, c: int, **kwargs: Any) -> nn.Module:
+        return TransNeXtBlock(c, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The backbone
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@register_module(channels="backbone")
+class TransNeXt(Backbone):
+    """TransNeXt backbone (arXiv 2311.17132): list of 4 stage features (B, C_i, H/s, W/s), strides 4/8/16/32.
+
+    Args:
+        variant: ``micro``, ``tiny``, ``small`` or ``base``.
+        weights: Optional official checkpoint (classification ``.pth``, ``{"model": state_dict}``) to load.
+        num_classes: > 0 builds the official classifier (mean-pooled last stage -> ``head`` Linear).
+        pretrain_size: Input size of pre-training (224 for the ImageNet-1K weights); scales the relative coordinates
+            of the continuous position bias (official ``pretrain_size``).
+        drop_path_rate: Stochastic depth, increasing linearly over all blocks.
+        drop_rate: Dropout after the projections/ConvGLU (official ``drop_rate``).
+        attn_drop_rate: Dropout on attention weights.
+        fixed_pool_size: Pool the aggregated attention to a fixed size instead of (H/sr, W/sr) (official option).
+        in_chans: Input channels.
+
+    Examples:
+        >>> m = TransNeXt("micro")
+        >>> [f.shape[1] for f in m(torch.zeros(1, 3, 64, 96))]
+        [48, 96, 192, 384]
+    """
+
+    family = "transnext"
+    default_variant = "micro"
+    variants = {
+        "micro": dict(embed_dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), depths=(2, 2, 15, 2)),
+        "tiny": dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(2, 2, 15, 2)),
+        "small": dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(5, 5, 22, 5)),
+        "base": dict(embed_dims=(96, 192, 384, 768), num_heads=(4, 8, 16, 32), depths=(5, 5, 23, 5)),
+    }
+    # shared by every variant (official): 3x3 windows in stages 1-3 and full attention in stage 4, ConvGLU ratios,
+    # pooling ratios, LayerNorm eps 1e-6 in the blocks, qkv bias
+    common = dict(window_size=(3, 3, 3, None), mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1), qkv_bias=True,
+                  norm_eps=1e-6, patch_size=4)
+
+    def __init__(self, variant: str = "micro", weights: str | None = None, *, num_classes: int = 0,
+                 pretrain_size: int | Sequence[int] = 224, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, fixed_pool_size: int | None = None, in_chans: int = 3):
+        super().__init__(variant)
+        cfg = {**self.common, **self.config(self.variant)}
+        self.pretrain_size = tuple(int(s) for s in to_2tuple(pretrain_size))
+        if min(self.pretrain_size) < 64:
+            raise PluginError(f"TransNeXt: pretrain_size {pretrain_size} is too small (need >= 64: stage 4 divides "
+                              "it by 32); use the input size of pre-training, 224 for the official weights")
+        self.in_chans, self.num_stages = in_chans, 4
+        dims, ps = cfg["embed_dims"], cfg["patch_size"]
+        dpr = drop_path_rates(drop_path_rate, list(cfg["depths"]))
+        for i in range(self.num_stages):
+            stride = 2 ** (i + 2)
+            ref = tuple(s // stride for s in self.pretrain_size)
+            embed = OverlapPatchEmbed(ps * 2 - 1 if i == 0 else 3, ps if i == 0 else 2,
+                                      in_chans if i == 0 else dims[i - 1], dims[i])
+            blocks = nn.ModuleList(
+                Block(dims[i], cfg["num_heads"][i], cfg["window_size"][i] or 3, cfg["mlp_ratios"][i], cfg["qkv_bias"],
+                      drop_rate, attn_drop_rate, dpr[i][j], cfg["norm_eps"], cfg["sr_ratios"][i],
+                      fixed_pool_size if cfg["sr_ratios"][i] > 1 else None, ref)
+                for j in range(cfg["depths"][i])
+            )
+            setattr(self, f"patch_embed{i + 1}", embed)
+            setattr(self, f"block{i + 1}", blocks)
+            setattr(self, f"norm{i + 1}", nn.LayerNorm(dims[i], eps=cfg["norm_eps"]))
+            self.feature_info.append(FeatureInfo(dims[i], stride, f"norm{i + 1}"))
+        self.num_classes = int(num_classes)
+        if self.num_classes > 0:
+            self.head = nn.Linear(dims[3], self.num_classes)
+        self.apply(self._init_weights)
+        self.check_feature_info()
+        if weights:
+            self.load_weights(weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> [(B, C1, H/4, W/4), (B, C2, H/8, W/8), (B, C3, H/16, W/16), (B, C4, H/32, W/32)].
+
+        Sizes are ceil-divided (convs with padding), so any H, W >= 1 works.
+        """
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise PluginError(f"TransNeXt expects a (B, {self.in_chans}, H, W) image tensor, got {list(x.shape)}")
+        B = x.shape[0]
+        outs = []
+        for i in range(self.num_stages):
+            x, H, W = getattr(self, f"patch_embed{i + 1}")(x)
+            for blk in getattr(self, f"block{i + 1}"):
+                x = blk(x, H, W)
+            x = getattr(self, f"norm{i + 1}")(x)
+            x = x.transpose(1, 2).reshape(B, -1, H, W)
+            outs.append(x)
+        return outs
+
+    def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Official classifier: mean of the last (normalised) stage over positions -> ``head``. -> (B, num_classes)."""
+        if self.num_classes <= 0:
+            raise PluginError("TransNeXt was built without a classifier; pass num_classes=1000 to build the head")
+        return self.head(features[-1].mean(dim=(2, 3)))
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        return checkpoint_filter_fn(state_dict, model)
+
+
+# official buffers that this implementation recomputes per input size (never loaded)
+_RECOMPUTED = ("relative_pos_index", "relative_coords_table", "seq_length_scale", "padding_mask")
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map an official TransNeXt checkpoint to :class:`TransNeXt` keys (pure).
+
+    * Names are kept (they are the official ones); a ``backbone.`` prefix (mmdet/mmseg checkpoints) is stripped and
+      their neck/head keys dropped.
+    * Dropped: official size-dependent buffers that are recomputed per input size here (``relative_pos_index{i}``,
+      ``relative_coords_table{i}``, ``*.attn.seq_length_scale``, ``*.attn.padding_mask``; not persistent in the
+      released files, but present in some re-saved ones) and the classifier ``head.*`` when the model has no head.
+    """
+    if any(k.startswith("backbone.") for k in state_dict):
+        state_dict = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    has_head = getattr(model, "num_classes", 0) > 0
+    out = {}
+    for k, v in state_dict.items():
+        if k.split(".")[-1].rstrip("0123456789") in _RECOMPUTED:
+            continue
+        if k.startswith("head.") and not has_head:
+            continue
+        out[k] = v
+    return out

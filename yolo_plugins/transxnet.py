@@ -1,0 +1,601 @@
+"""TransXNet: Learning Both Global and Local Dynamics with a Dual Dynamic Token Mixer (Lou et al., arXiv 2310.19380).
+
+A hybrid CNN-Transformer with four stages (7x7 stride-4 stem, 3x3 stride-2 downsamplings, each Conv-BN). Every block
+is ``x + DPE(x)`` (7x7 depthwise positional encoding), ``x + LayerScale(D-Mixer(GN(x)))`` and
+``x + LayerScale(MS-FFN(GN(x)))`` with stochastic depth. The D-Mixer splits the channels in halves: one half goes to
+IDConv (input-dependent depthwise conv: G static KxK kernels mixed per sample by a softmax over G of attention maps
+pooled from the input), the other to OSRA (spatial-reduction attention whose keys/values come from an overlapping
+depthwise reduction, kernel = stride + 3, refined by a 3x3 depthwise conv, with a learnable relative position bias
+resized bicubically to the input); the concatenation goes through the STE (3x3 depthwise + squeeze/expand 1x1s with a
+residual). The MS-FFN runs depthwise 1/3/5/7 convs on channel quarters of its hidden layer.
+
+Behaviour, parameter names and shapes follow the official LMMMEng/TransXNet (Apache-2.0) ``models/transxnet.py``: the
+network is ``patch_embed`` plus a ``network`` ModuleList (``network.0/2/4/6`` the stages' blocks, ``network.1/3/5`` the
+downsamplings), the relative position encodings are ``relative_pos_enc.0-3`` (sized for 224x224 input), mmcv's
+ConvModule parts are named ``conv``/``bn``/``activate``, the dense-prediction (``fork_feat``) output norms are
+``norm0/2/4/6`` and the classifier is ``classifier.0`` (GroupNorm) / ``classifier.2`` (1x1 conv), so the official
+ImageNet checkpoints (``{"state_dict": ...}`` / ``{"model": ...}``) load unchanged.
+
+Speed (no change to the outputs): each stage's relative position encoding is resized once per forward instead of once
+per block, and in inference (no gradient needed) the resized bias is cached per (size, device, dtype) and recomputed
+when the parameter changes (its ``_version``/storage). ``tests/oracles/transxnet_naive.py`` is the straightforward
+reference the optimised path is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import Backbone, FeatureInfo
+from .errors import PluginError
+from .layers import CSPBlock, DropPath, drop_path_rates
+from .registry import register_module
+
+__all__ = [
+    "ConvNormAct",
+    "PatchEmbed",
+    "OSRA",
+    "IDConv",
+    "DMixer",
+    "MultiScaleDWConv",
+    "MSFFN",
+    "LayerScale",
+    "TransXNetBlock",
+    "C2fTransXNet",
+    "TransXNet",
+    "resize_pos_enc",
+]
+
+PosEnc = Optional[Union[torch.Tensor, Callable[[int, int], torch.Tensor]]]
+
+
+def resize_pos_enc(enc: torch.Tensor, nq: int, nk: int) -> torch.Tensor:
+    """Resize a relative position encoding (1, heads, Nq0, Nk0) -> (1, heads, nq, nk), bicubic as the official code."""
+    if enc.shape[-2] == nq and enc.shape[-1] == nk:
+        return enc
+    return F.interpolate(enc, size=(nq, nk), mode="bicubic", align_corners=False)
+
+
+class _ResizeCache:
+    """Small LRU of resized position encodings for inference; never pickled or deep-copied (Ultralytics EMA/ckpt)."""
+
+    def __init__(self, maxsize: int = 8):
+        self.maxsize = maxsize
+        self.store: OrderedDict = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        return {"maxsize": self.maxsize}
+
+    def __setstate__(self, state: dict) -> None:
+        self.maxsize = state["maxsize"]
+        self.store = OrderedDict()
+
+    def __deepcopy__(self, memo: dict) -> _ResizeCache:
+        return _ResizeCache(self.maxsize)
+
+    @staticmethod
+    def cacheable(enc: torch.Tensor) -> bool:
+        """True when the resized tensor needs no gradient and no graph is being traced/exported/compiled."""
+        return not (
+            (torch.is_grad_enabled() and enc.requires_grad)
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+            or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling()
+        )
+
+    def resize(self, enc: torch.Tensor, nq: int, nk: int, tag: Any = None) -> torch.Tensor:
+        """``resize_pos_enc(enc, nq, nk)``, served from the cache while ``enc`` is unchanged and no grad is needed."""
+        if (enc.shape[-2] == nq and enc.shape[-1] == nk) or not self.cacheable(enc):
+            return resize_pos_enc(enc, nq, nk)
+        key = (tag, nq, nk, enc.device, enc.dtype, enc.data_ptr(), enc._version,
+               torch.is_autocast_enabled(enc.device.type))
+        out = self.store.get(key)
+        if out is None:
+            out = resize_pos_enc(enc, nq, nk)
+            self.store = OrderedDict((k, v) for k, v in self.store.items() if k[:3] != key[:3])  # stale versions
+            self.store[key] = out
+            while len(self.store) > self.maxsize:
+                self.store.popitem(last=False)
+        else:
+            self.store.move_to_end(key)
+        return out
+
+    def clear(self) -> None:
+        self.store.clear()
+
+
+class _StagePosEnc:
+    """Resolves a stage's shared relative position encoding once per forward for all its blocks."""
+
+    def __init__(self, enc: torch.Tensor, cache: _ResizeCache, tag: Any):
+        self.enc, self.cache, self.tag = enc, cache, tag
+        self.value: torch.Tensor | None = None
+
+    def __call__(self, nq: int, nk: int) -> torch.Tensor:
+        v = self.value
+        if v is None or v.shape[-2] != nq or v.shape[-1] != nk:
+            v = self.value = self.cache.resize(self.enc, nq, nk, self.tag)
+        return v
+
+
+class ConvNormAct(nn.Module):
+    """Conv2d, BatchNorm2d, optional GELU (children ``conv``/``bn``/``activate`` as mmcv's ConvModule).
+
+    Shapes: (B, c1, H, W) -> (B, c2, H', W'). The conv has no bias (mmcv's ``bias='auto'`` with a norm).
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int = 0, g: int = 1, act: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, p, groups=g, bias=False)
+        self.bn = nn.BatchNorm2d(c2)
+        if act:
+            self.activate = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return self.activate(x) if hasattr(self, "activate") else x
+
+
+class PatchEmbed(nn.Module):
+    """Overlapping patch embedding, Conv-BN: (B, c1, H, W) -> (B, c2, H/stride, W/stride) (ceil-like for odd sizes)."""
+
+    def __init__(self, c1: int, c2: int, patch_size: int = 3, stride: int = 2, padding: int = 1):
+        super().__init__()
+        self.proj = ConvNormAct(c1, c2, patch_size, stride, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def osra_kv_size(h: int, sr_ratio: int) -> int:
+    """Side of OSRA's reduced key/value map for an input side ``h``: ``ceil(h / sr_ratio)`` (``h`` if sr_ratio is 1)."""
+    if sr_ratio <= 1:
+        return h
+    k = sr_ratio + 3
+    return (h + 2 * (k // 2) - k) // sr_ratio + 1
+
+
+class OSRA(nn.Module):
+    """Overlapping Spatial Reduction Attention (official ``Attention``): (B, C, H, W) -> (B, C, H, W).
+
+    Queries from a 1x1 conv of every position; keys/values from a 1x1 conv of the reduced map ``LR(sr(x)) + sr(x)``,
+    where ``sr`` is a depthwise Conv-BN-GELU with kernel ``sr_ratio + 3`` and stride ``sr_ratio`` plus a depthwise
+    1x1 Conv-BN (identity when ``sr_ratio == 1``) and ``LR`` a 3x3 depthwise conv. A relative position bias
+    (1, heads, Nq0, Nk0), resized bicubically to (H*W, h*w), is added to the attention logits.
+
+    Args:
+        dim: Channels.
+        num_heads: Attention heads (``dim`` must be divisible by it).
+        qk_scale: Logit scale, default ``head_dim ** -0.5``.
+        attn_drop: Dropout on the attention map.
+        sr_ratio: Spatial reduction stride of keys/values.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, qk_scale: float | None = None, attn_drop: float = 0.0,
+                 sr_ratio: int = 1):
+        super().__init__()
+        if dim % num_heads:
+            raise PluginError(f"OSRA: dim {dim} is not divisible by num_heads {num_heads}; pick heads dividing it")
+        self.dim, self.num_heads, self.sr_ratio = dim, num_heads, sr_ratio
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.q = nn.Conv2d(dim, dim, 1)
+        self.kv = nn.Conv2d(dim, dim * 2, 1)
+        self.attn_drop = nn.Dropout(attn_drop)
+        if sr_ratio > 1:
+            k = sr_ratio + 3
+            self.sr = nn.Sequential(
+                ConvNormAct(dim, dim, k, sr_ratio, k // 2, g=dim, act=True),
+                ConvNormAct(dim, dim, 1, g=dim),
+            )
+        else:
+            self.sr = nn.Identity()
+        self.local_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: torch.Tensor, relative_pos_enc: PosEnc = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W); ``relative_pos_enc`` a tensor (resized if needed) or a resolver (nq, nk)."""
+        B, C, H, W = x.shape
+        h, d = self.num_heads, C // self.num_heads
+        q = self.q(x).reshape(B, h, d, -1).transpose(-1, -2)  # (B, h, N, d)
+        kv = self.sr(x)
+        kv = self.local_conv(kv) + kv
+        k, v = self.kv(kv).chunk(2, dim=1)
+        k = k.reshape(B, h, d, -1)  # (B, h, d, M)
+        v = v.reshape(B, h, d, -1).transpose(-1, -2)  # (B, h, M, d)
+        attn = (q @ k) * self.scale
+        if relative_pos_enc is not None:
+            nq, nk = attn.shape[-2], attn.shape[-1]
+            bias = relative_pos_enc(nq, nk) if callable(relative_pos_enc) else resize_pos_enc(relative_pos_enc, nq, nk)
+            attn = attn + bias
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        return (attn @ v).transpose(-1, -2).reshape(B, C, H, W)
+
+
+def _adaptive_avg_pool_matrix(n: int, k: int, ref: torch.Tensor) -> torch.Tensor:
+    """(k, n) matrix whose product with a length-n axis equals ``adaptive_avg_pool1d(., k)`` (ONNX-exportable)."""
+    i = torch.arange(k, device=ref.device)
+    start = (i * n) // k
+    end = ((i + 1) * n + k - 1) // k
+    j = torch.arange(n, device=ref.device)
+    mask = (j[None] >= start[:, None]) & (j[None] < end[:, None])
+    return mask.to(ref.dtype) / (end - start).to(ref.dtype)[:, None]
+
+
+class IDConv(nn.Module):
+    """Input-dependent depthwise convolution (official ``DynamicConv2d``): (B, C, H, W) -> (B, C, H, W).
+
+    The input is average-pooled to KxK, a 1x1 Conv-BN-GELU (C -> C/r) and a 1x1 conv (-> G*C) give G attention maps
+    per channel; a softmax over G mixes the G learnable KxK kernels ``weight`` (G, C, K, K) into one kernel per sample
+    and channel. The bias is mixed the same way from the globally pooled input. The per-sample kernels run as one
+    grouped convolution (B*C groups).
+
+    Args:
+        dim: Channels.
+        kernel_size: K.
+        reduction_ratio: r of the attention branch.
+        num_groups: G (> 1).
+        bias: Learn G biases per channel.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 3, reduction_ratio: int = 4, num_groups: int = 2,
+                 bias: bool = True):
+        super().__init__()
+        if num_groups < 2:
+            raise PluginError(f"IDConv: num_groups must be > 1 (got {num_groups})")
+        if dim // reduction_ratio < 1:
+            raise PluginError(f"IDConv: dim {dim} // reduction_ratio {reduction_ratio} is 0; use more channels")
+        self.num_groups, self.K = num_groups, kernel_size
+        self.weight = nn.Parameter(torch.empty(num_groups, dim, kernel_size, kernel_size))
+        self.pool = nn.AdaptiveAvgPool2d((kernel_size, kernel_size))
+        self.proj = nn.Sequential(
+            ConvNormAct(dim, dim // reduction_ratio, 1, act=True),
+            nn.Conv2d(dim // reduction_ratio, dim * num_groups, 1),
+        )
+        self.bias = nn.Parameter(torch.empty(num_groups, dim)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        if self.bias is not None:
+            nn.init.trunc_normal_(self.bias, std=0.02)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            # ONNX has no adaptive pooling for sizes that K does not divide: use the equivalent pooling matrices
+            ph = _adaptive_avg_pool_matrix(x.shape[-2], self.K, x)
+            pw = _adaptive_avg_pool_matrix(x.shape[-1], self.K, x)
+            return ph @ x @ pw.transpose(0, 1)
+        return self.pool(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        G, K = self.num_groups, self.K
+        attn = self.proj(self._pool(x)).reshape(B, G, C, K, K).softmax(dim=1)
+        weight = (attn * self.weight.unsqueeze(0)).sum(dim=1)  # (B, C, K, K)
+        bias = None
+        if self.bias is not None:
+            a = self.proj(x.mean(dim=(-2, -1), keepdim=True)).reshape(B, G, C).softmax(dim=1)
+            bias = (a * self.bias.unsqueeze(0)).sum(dim=1).reshape(-1)
+        if B == 1:
+            return F.conv2d(x, weight.reshape(C, 1, K, K), bias, padding=K // 2, groups=C)
+        y = F.conv2d(x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, K, K), bias, padding=K // 2, groups=B * C)
+        return y.reshape(B, C, H, W)
+
+
+def _check_dmixer(dim: int, num_heads: int) -> None:
+    if dim % 2 or (dim // 2) % num_heads or dim < 8:
+        raise PluginError(
+            f"D-Mixer needs an even channel count >= 8 whose half is divisible by num_heads; got {dim} channels and "
+            f"{num_heads} heads. Change the row's channels or num_heads."
+        )
+
+
+class DMixer(nn.Module):
+    """Dual dynamic token mixer (official ``HybridTokenMixer``): (B, C, H, W) -> (B, C, H, W).
+
+    Channel halves go to IDConv (``local_unit``) and OSRA (``global_unit``); their concatenation passes through the
+    STE (``proj``: 3x3 depthwise conv, GELU, BN, 1x1 squeeze to max(16, C/8), GELU, BN, 1x1 expand, BN) plus a residual.
+    As a YAML row (rule "same"): ``[-1, 1, DMixer, [7, 2, 1, 2]]`` = kernel 7, 2 groups, 1 head, sr_ratio 2.
+
+    Args:
+        c1: Channels (even).
+        kernel_size: IDConv kernel.
+        num_groups: IDConv attention groups G.
+        num_heads: OSRA heads.
+        sr_ratio: OSRA spatial reduction.
+        reduction_ratio: STE squeeze ratio.
+        pos_size: Side of an own learnable relative position table (for use outside the backbone, which shares one
+            table per stage); 0 (default) = no relative position bias unless one is passed to ``forward``.
+    """
+
+    def __init__(self, c1: int, kernel_size: int = 7, num_groups: int = 2, num_heads: int = 1, sr_ratio: int = 2,
+                 reduction_ratio: int = 8, pos_size: int = 0):
+        super().__init__()
+        dim = c1
+        _check_dmixer(dim, num_heads)
+        self.local_unit = IDConv(dim // 2, kernel_size=kernel_size, num_groups=num_groups)
+        self.global_unit = OSRA(dim // 2, num_heads=num_heads, sr_ratio=sr_ratio)
+        inner = max(16, dim // reduction_ratio)
+        self.proj = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1, groups=dim),
+            nn.GELU(),
+            nn.BatchNorm2d(dim),
+            nn.Conv2d(dim, inner, 1),
+            nn.GELU(),
+            nn.BatchNorm2d(inner),
+            nn.Conv2d(inner, dim, 1),
+            nn.BatchNorm2d(dim),
+        )
+        _init_pos_table(self, pos_size, num_heads, sr_ratio)
+
+    def forward(self, x: torch.Tensor, relative_pos_enc: PosEnc = None) -> torch.Tensor:
+        if relative_pos_enc is None:
+            relative_pos_enc = _own_pos_enc(self)
+        x1, x2 = x.chunk(2, dim=1)
+        x = torch.cat([self.local_unit(x1), self.global_unit(x2, relative_pos_enc)], dim=1)
+        return self.proj(x) + x
+
+
+def _init_pos_table(m: nn.Module, pos_size: int, num_heads: int, sr_ratio: int) -> None:
+    """Give a standalone block its own zero-initialised relative position table (``relative_pos_enc``)."""
+    if pos_size > 0:
+        k = math.ceil(pos_size / sr_ratio)
+        m.relative_pos_enc = nn.Parameter(torch.zeros(1, num_heads, pos_size * pos_size, k * k))
+        m._pos_cache = _ResizeCache(4)
+    else:
+        m.relative_pos_enc = None
+
+
+def _own_pos_enc(m: nn.Module) -> PosEnc:
+    if m.relative_pos_enc is None:
+        return None
+    return _StagePosEnc(m.relative_pos_enc, m._pos_cache, None)
+
+
+class MultiScaleDWConv(nn.Module):
+    """Depthwise convs with kernels 1/3/5/7 on channel quarters (the first takes the remainder): (B,C,H,W) -> same."""
+
+    def __init__(self, dim: int, scale: Sequence[int] = (1, 3, 5, 7)):
+        super().__init__()
+        n = len(scale)
+        self.channels = [dim - dim // n * (n - 1)] + [dim // n] * (n - 1)
+        self.proj = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.channels, scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([conv(t) for conv, t in zip(self.proj, x.split(self.channels, dim=1))], dim=1)
+
+
+class MSFFN(nn.Module):
+    """Multi-scale FFN (official ``Mlp``): 1x1 expand-GELU-BN, ``x + MultiScaleDWConv(x)``, GELU, BN, 1x1-BN.
+
+    Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, drop: float = 0.0):
+        super().__init__()
+        hidden = hidden_features or in_features
+        self.fc1 = nn.Sequential(nn.Conv2d(in_features, hidden, 1, bias=False), nn.GELU(), nn.BatchNorm2d(hidden))
+        self.dwconv = MultiScaleDWConv(hidden)
+        self.act = nn.GELU()
+        self.norm = nn.BatchNorm2d(hidden)
+        self.fc2 = nn.Sequential(nn.Conv2d(hidden, in_features, 1, bias=False), nn.BatchNorm2d(in_features))
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        x = self.norm(self.act(self.dwconv(x) + x))
+        return self.drop(self.fc2(self.drop(x)))
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale and shift (official: a depthwise 1x1 conv; ``weight`` (C, 1, 1, 1), ``bias`` (C,))."""
+
+    def __init__(self, dim: int, init_value: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, 1, 1, 1) * init_value)
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+
+
+@register_module(channels="same")
+class TransXNetBlock(nn.Module):
+    """TransXNet block: ``x + DPE(x)``, ``x + LS(DMixer(GN(x)))``, ``x + LS(MSFFN(GN(x)))``: (B, C, H, W) -> same.
+
+    YAML (rule "same"): ``[-1, 1, TransXNetBlock, [7, 2, 2, 1]]`` = kernel 7, sr_ratio 2, 2 groups, 1 head.
+
+    Args:
+        c1: Channels (even, >= 8).
+        kernel_size: IDConv kernel.
+        sr_ratio: OSRA spatial reduction (the backbone uses 8/4/2/1 for strides 4/8/16/32).
+        num_groups: IDConv attention groups.
+        num_heads: OSRA heads (must divide c1/2).
+        mlp_ratio: MS-FFN expansion.
+        drop: Dropout in the MS-FFN.
+        drop_path: Stochastic depth rate.
+        layer_scale_init_value: LayerScale init (None: no LayerScale).
+        pos_size: Own relative position table side (0: none; the backbone passes its shared per-stage table).
+    """
+
+    def __init__(self, c1: int, kernel_size: int = 7, sr_ratio: int = 2, num_groups: int = 2, num_heads: int = 1,
+                 mlp_ratio: float = 4.0, drop: float = 0.0, drop_path: float = 0.0,
+                 layer_scale_init_value: float | None = 1e-5, pos_size: int = 0):
+        super().__init__()
+        dim = c1
+        _check_dmixer(dim, num_heads)
+        self.pos_embed = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.token_mixer = DMixer(dim, kernel_size, num_groups, num_heads, sr_ratio, pos_size=pos_size)
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.mlp = MSFFN(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if layer_scale_init_value is not None:
+            self.layer_scale_1 = LayerScale(dim, layer_scale_init_value)
+            self.layer_scale_2 = LayerScale(dim, layer_scale_init_value)
+        else:
+            self.layer_scale_1 = self.layer_scale_2 = nn.Identity()
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor, relative_pos_enc: PosEnc = None) -> torch.Tensor:
+        x = x + self.pos_embed(x)
+        x = x + self.drop_path(self.layer_scale_1(self.token_mixer(self.norm1(x), relative_pos_enc)))
+        return x + self.drop_path(self.layer_scale_2(self.mlp(self.norm2(x))))
+
+
+register_module(DMixer, channels="same")
+
+
+@register_module(channels="scaled", repeat=True)
+class C2fTransXNet(CSPBlock):
+    """C2f whose bottlenecks are :class:`TransXNetBlock` s: (B, c1, H, W) -> (B, c2, H, W).
+
+    YAML: ``[-1, 3, C2fTransXNet, [256, 2, 1]]`` = 256 channels (scaled), sr_ratio 2, 1 head.
+
+    Args:
+        c1: Input channels.
+        c2: Output channels.
+        n: Number of blocks.
+        sr_ratio: OSRA spatial reduction of the blocks.
+        num_heads: OSRA heads (must divide ``c2 * e / 2``).
+        e: Hidden channel ratio.
+        **block_kwargs: Further :class:`TransXNetBlock` arguments (kernel_size, num_groups, mlp_ratio, ...).
+    """
+
+    def __init__(self, c1: int, c2: int, n: int = 1, sr_ratio: int = 2, num_heads: int = 1, e: float = 0.5,
+                 **block_kwargs):
+        super().__init__(c1, c2, n, e, sr_ratio=sr_ratio, num_heads=num_heads, **block_kwargs)
+
+    def make_block(self, c: int, **kwargs) -> nn.Module:
+        return TransXNetBlock(c, **kwargs)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Official init: trunc-normal(0.02) conv weights, zero conv biases, unit norms (IDConv keeps its own init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+@register_module(channels="backbone")
+class TransXNet(Backbone):
+    """TransXNet backbone (arXiv 2310.19380): list of 4 stage features (each GroupNorm-ed), strides 4/8/16/32.
+
+    Args:
+        variant: ``t``, ``s`` or ``b``.
+        weights: Official checkpoint to load (classifier keys dropped; missing output norms set to identity).
+        num_classes: > 0 builds the official classification model instead of the dense-prediction one: no output
+            norms (features are the raw stage outputs) and ``classifier``; ``forward_head(features)`` gives logits.
+        drop_rate: Dropout in the MS-FFNs.
+        drop_path_rate: Stochastic depth, increasing linearly over the blocks.
+        image_size: Input size the relative position tables are sized for (224 in the official checkpoints).
+    """
+
+    family = "transxnet"
+    default_variant = "t"
+    variants = {
+        "t": dict(layers=[3, 3, 9, 3], embed_dims=[48, 96, 224, 448], kernel_size=[7, 7, 7, 7],
+                  num_groups=[2, 2, 2, 2], sr_ratio=[8, 4, 2, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[4, 4, 4, 4],
+                  layer_scale_init_value=1e-5),
+        "s": dict(layers=[4, 4, 12, 4], embed_dims=[64, 128, 320, 512], kernel_size=[7, 7, 7, 7],
+                  num_groups=[2, 2, 3, 4], sr_ratio=[8, 4, 2, 1], num_heads=[1, 2, 5, 8], mlp_ratios=[6, 6, 4, 4],
+                  layer_scale_init_value=1e-5),
+        "b": dict(layers=[4, 4, 21, 4], embed_dims=[76, 152, 336, 672], kernel_size=[7, 7, 7, 7],
+                  num_groups=[2, 2, 4, 4], sr_ratio=[8, 4, 2, 1], num_heads=[2, 4, 8, 16], mlp_ratios=[8, 8, 4, 4],
+                  layer_scale_init_value=1e-5),
+    }
+
+    def __init__(self, variant: str = "t", weights: str | None = None, *, num_classes: int = 0,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, image_size: int = 224, in_chans: int = 3):
+        super().__init__(variant)
+        cfg = self.config(self.variant)
+        dims, layers, srs, heads = cfg["embed_dims"], cfg["layers"], cfg["sr_ratio"], cfg["num_heads"]
+        self.num_classes = int(num_classes)
+        self.sr_ratios = list(srs)
+        self.patch_embed = PatchEmbed(in_chans, dims[0], patch_size=7, stride=4, padding=3)
+
+        side = [math.ceil(image_size / 4)] * 2
+        encs = []
+        for i in range(4):
+            k = [math.ceil(s / srs[i]) for s in side]
+            encs.append(nn.Parameter(torch.zeros(1, heads[i], side[0] * side[1], k[0] * k[1])))
+            side = [math.ceil(s / 2) for s in side]
+        self.relative_pos_enc = nn.ParameterList(encs)
+        self._pos_cache = _ResizeCache(4 * 4)
+
+        dpr = drop_path_rates(drop_path_rate, layers)
+        network: list[nn.Module] = []
+        for i in range(4):
+            network.append(nn.ModuleList(
+                TransXNetBlock(dims[i], cfg["kernel_size"][i], srs[i], cfg["num_groups"][i], heads[i],
+                               cfg["mlp_ratios"][i], drop_rate, dpr[i][j], cfg["layer_scale_init_value"])
+                for j in range(layers[i])
+            ))
+            if i < 3:
+                network.append(PatchEmbed(dims[i], dims[i + 1], patch_size=3, stride=2, padding=1))
+            self.feature_info.append(FeatureInfo(dims[i], 4 * 2**i, f"norm{2 * i}"))
+        self.network = nn.ModuleList(network)
+        for i in range(4):
+            self.add_module(f"norm{2 * i}", nn.Identity() if num_classes > 0 else nn.GroupNorm(1, dims[i]))
+        if num_classes > 0:
+            self.classifier = nn.Sequential(nn.GroupNorm(1, dims[-1]), nn.AdaptiveAvgPool2d(1),
+                                            nn.Conv2d(dims[-1], num_classes, 1))
+        _init_weights(self)
+        self.check_feature_info()
+        if weights:
+            self.load_weights(weights)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> [(B, C_i, ~H/s, ~W/s) for s in 4, 8, 16, 32] (sizes as conv arithmetic gives them)."""
+        if x.ndim != 4:
+            raise PluginError(f"TransXNet expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+        x = self.patch_embed(x)
+        outs = []
+        for i in range(4):
+            if i:
+                x = self.network[2 * i - 1](x)
+            pos = _StagePosEnc(self.relative_pos_enc[i], self._pos_cache, i)
+            for blk in self.network[2 * i]:
+                x = blk(x, pos)
+            outs.append(getattr(self, f"norm{2 * i}")(x))
+        return outs
+
+    def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Classification logits from the features of a ``num_classes > 0`` model: -> (B, num_classes)."""
+        if self.num_classes <= 0:
+            raise PluginError("forward_head needs a model built with num_classes > 0")
+        return self.classifier(features[-1]).flatten(1)
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        """Official keys are ours; drop the classifier if the model has none, drop/add the dense output norms.
+
+        An official ImageNet checkpoint has no ``norm0/2/4/6``; the official detection code leaves them at their init
+        (weight 1, bias 0), which is filled in here so that a strict load succeeds.
+        """
+        own = model.state_dict()
+        out = {}
+        for k, v in state_dict.items():
+            if k.startswith("classifier.") and not any(o.startswith("classifier.") for o in own):
+                continue
+            if k.split(".")[0] in ("norm0", "norm2", "norm4", "norm6") and k not in own:
+                continue
+            out[k] = v
+        for i in (0, 2, 4, 6):
+            for name, fill in (("weight", 1.0), ("bias", 0.0)):
+                key = f"norm{i}.{name}"
+                if key in own and key not in out:
+                    out[key] = torch.full_like(own[key], fill)
+        return out
