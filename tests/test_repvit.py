@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 import yolo_plugins
 import yolo_plugins.repvit as R
@@ -76,7 +76,7 @@ def test_variant_param_count_and_features(variant):
 
 
 def test_backbone_has_no_head_and_create_backbone():
-    m = create_backbone("repvit_m0_9")
+    m = create_backbone("repvit_m0_9").eval()
     assert isinstance(m, R.RepViT) and m.variant == "m0_9" and m.name == "repvit_m0_9"
     assert not any(k.startswith("classifier.") for k in m.state_dict())
     head = classification_model("m0_9").classifier
@@ -115,7 +115,7 @@ def test_official_layout_names():
 
 
 def test_detection_out_indices_and_bad_arguments():
-    m = R.RepViT("m1_1", out_indices=[2, 6, 20, 24])  # the official Mask R-CNN config
+    m = R.RepViT("m1_1", out_indices=[2, 6, 20, 24]).eval()  # the official Mask R-CNN config
     assert m.strides == [4, 8, 16, 32] and m.channels == [64, 128, 256, 512]
     assert [f.shape[1] for f in m(torch.zeros(1, 3, 32, 32))] == m.channels
     with pytest.raises(PluginError, match="out_indices"):
@@ -283,7 +283,7 @@ YAMLS = ["yolov8", "yolov5", "yolo11"]
 
 
 @pytest.mark.parametrize("name", YAMLS)
-def test_yaml_builds_and_runs(name):
+def test_yaml_builds_and_runs(name, registered):
     from ultralytics import YOLO
 
     model = YOLO(str(ROOT / "model_yamls" / f"{name}n-repvit.yaml")).model.eval()  # scale n -> RepViT m0_9
@@ -302,7 +302,7 @@ def test_yaml_builds_and_runs(name):
         assert (model(x)[0] - y).abs().max().item() <= 1e-3 * y.abs().max().item()
 
 
-def test_yaml_training_step():
+def test_yaml_training_step(registered):
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
@@ -322,3 +322,47 @@ def test_yaml_training_step():
     bb = model.model[0]
     grads = [bb.features[1].token_mixer[0].conv.c.weight.grad, bb.features[-1].channel_mixer.m[2].bn.weight.grad]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def _yaml_dict(name: str) -> dict:
+    from ultralytics.utils import YAML
+
+    d = YAML.load(ROOT / "model_yamls" / f"{name}-repvit.yaml")
+    d["scale"] = "n"
+    return d
+
+
+def test_yaml_official_weights_row(tmp_path, registered):
+    """[-1, 1, RepViT, [m0_9, {weights: ...}]]: the loaded backbone computes what the checkpoint's model computes."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    src = randomize(R.RepViT("m0_9", num_classes=1000, distillation=True), seed=5).eval()
+    path = official_checkpoint(src, tmp_path / "repvit_m0_9_distill_300e.pth")
+    d = _yaml_dict("yolov8")
+    d["backbone"][0] = [-1, 1, "RepViT", ["m0_9", {"weights": str(path), "drop_path_rate": 0.05}]]
+    bb = DetectionModel(d, verbose=False).eval().model[0]
+    assert bb.features[-1].channel_mixer.drop_path.p == pytest.approx(0.05)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(bb(x), src(x)))
+
+
+def test_yaml_neck_blocks(registered):
+    """RepViTBlock (same), RepViTDown (scaled, stride 2) and C2fRepViT (scaled, repeat) in a YOLOv8 neck."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    d = _yaml_dict("yolov8")
+    d["head"][2] = [-1, 3, "C2fRepViT", [512]]  # 7
+    d["head"][5] = [-1, 2, "RepViTBlock", [False]]  # 10 (P3): Ultralytics repeats it 1x at depth 0.33
+    d["head"][6] = [-1, 1, "RepViTDown", [256]]  # 11
+    model = DetectionModel(d, verbose=False).eval()
+    m7, m10, m11 = model.model[7], model.model[10], model.model[11]
+    assert isinstance(m7, R.C2fRepViT) and len(m7.m) == 1 and m7.cv2.conv.out_channels == 128  # 512 * 0.25
+    assert isinstance(m10, R.RepViTBlock) and not isinstance(m10.token_mixer[1], R.SqueezeExcite)
+    assert isinstance(m11, R.RepViTDown) and m11.token_mixer[2].c.out_channels == 64  # 256 * 0.25
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        y = model(x)[0]
+        assert y.shape == (1, 84, 84)
+        model.fuse(verbose=False)
+        assert (model(x)[0] - y).abs().max().item() <= 1e-3 * y.abs().max().item()

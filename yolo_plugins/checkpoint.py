@@ -7,6 +7,7 @@ name and reports missing/unexpected keys.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise CheckpointError(f"checkpoint file not found: '{p}'. Pass the path of a downloaded .pth/.pt file.")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        # official training scripts (DeiT style) also store their argparse.Namespace next to the weights
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise CheckpointError(
             f"'{p}' is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "

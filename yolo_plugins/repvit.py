@@ -19,10 +19,10 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .backbone import Backbone, FeatureInfo
 from .errors import PluginError
@@ -30,18 +30,18 @@ from .layers import CSPBlock, DropPath, Fusable, drop_path_rates, fuse_conv_bn
 from .registry import register_module
 
 __all__ = [
+    "BNLinear",
+    "C2fRepViT",
     "ConvBN",
     "RepVGGDW",
-    "SqueezeExcite",
-    "Residual",
-    "RepViTBlock",
-    "RepViTDown",
-    "C2fRepViT",
-    "BNLinear",
-    "RepViTClassifier",
     "RepViT",
-    "fuse_modules",
+    "RepViTBlock",
+    "RepViTClassifier",
+    "RepViTDown",
+    "Residual",
+    "SqueezeExcite",
     "benchmark_fuse",
+    "fuse_modules",
 ]
 
 
@@ -393,12 +393,12 @@ class RepViT(Backbone, Fusable):
     family = "repvit"
     default_variant = "m1_0"
     # depths count the blocks of each stage, the stride-2 block opening stages 2-4 included
-    variants = {
-        "m0_9": dict(embed_dims=(48, 96, 192, 384), depths=(3, 4, 16, 3)),
-        "m1_0": dict(embed_dims=(56, 112, 224, 448), depths=(3, 4, 16, 3)),
-        "m1_1": dict(embed_dims=(64, 128, 256, 512), depths=(3, 4, 14, 3)),
-        "m1_5": dict(embed_dims=(64, 128, 256, 512), depths=(5, 6, 26, 5)),
-        "m2_3": dict(embed_dims=(80, 160, 320, 640), depths=(7, 8, 36, 3)),
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "m0_9": {"embed_dims": (48, 96, 192, 384), "depths": (3, 4, 16, 3)},
+        "m1_0": {"embed_dims": (56, 112, 224, 448), "depths": (3, 4, 16, 3)},
+        "m1_1": {"embed_dims": (64, 128, 256, 512), "depths": (3, 4, 14, 3)},
+        "m1_5": {"embed_dims": (64, 128, 256, 512), "depths": (5, 6, 26, 5)},
+        "m2_3": {"embed_dims": (80, 160, 320, 640), "depths": (7, 8, 36, 3)},
     }
 
     def __init__(
@@ -459,10 +459,12 @@ class RepViT(Backbone, Fusable):
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise PluginError(f"RepViT expects a (B, {self.in_chans}, H, W) tensor, got shape {tuple(x.shape)}")
         outs = []
-        for i, f in enumerate(self.features[: self.out_indices[-1] + 1]):
+        for i, f in enumerate(self.features):
             x = f(x)
             if i in self.out_indices:
                 outs.append(x)
+                if i == self.out_indices[-1]:
+                    break
         return outs
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -504,7 +506,7 @@ def benchmark_fuse(
         variant: RepViT variant.
         imgsz: Input size, an int or (H, W).
         batch: Batch size.
-        iters: Timed forward passes per form (the median is reported).
+        iters: Timed forward passes per form, interleaved (the median is reported).
         warmup: Untimed passes per form first.
 
     Returns:
@@ -517,27 +519,25 @@ def benchmark_fuse(
     fused.fuse()
     x = torch.randn(batch, 3, h, w)
 
-    def median_ms(m: nn.Module) -> float:
-        for _ in range(warmup):
-            m(x)
-        times = []
-        for _ in range(iters):
+    for _ in range(warmup):
+        model(x), fused(x)
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for _ in range(iters):  # interleaved, so load changes on a shared machine hit both forms alike
+        for k, m in enumerate((model, fused)):
             t = time.perf_counter()
             m(x)
-            times.append((time.perf_counter() - t) * 1e3)
-        return sorted(times)[len(times) // 2]
-
-    unfused_ms, fused_ms = median_ms(model), median_ms(fused)
+            times[k].append((time.perf_counter() - t) * 1e3)
+    unfused_ms, fused_ms = (sorted(t)[len(t) // 2] for t in times.values())
     diff = max((a - b).abs().max().item() for a, b in zip(model(x), fused(x)))
-    return dict(
-        variant=variant,
-        input=(batch, 3, h, w),
-        threads=torch.get_num_threads(),
-        iters=iters,
-        unfused_ms=unfused_ms,
-        fused_ms=fused_ms,
-        speedup=unfused_ms / fused_ms,
-        params=(sum(p.numel() for p in model.parameters()), sum(p.numel() for p in fused.parameters())),
-        modules=(len(list(model.modules())), len(list(fused.modules()))),
-        max_abs_diff=diff,
-    )
+    return {
+        "variant": variant,
+        "input": (batch, 3, h, w),
+        "threads": torch.get_num_threads(),
+        "iters": iters,
+        "unfused_ms": unfused_ms,
+        "fused_ms": fused_ms,
+        "speedup": unfused_ms / fused_ms,
+        "params": (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in fused.parameters())),
+        "modules": (len(list(model.modules())), len(list(fused.modules()))),
+        "max_abs_diff": diff,
+    }

@@ -86,8 +86,8 @@ def _axis_table(n: int, p: int, ref: int) -> tuple[torch.Tensor, torch.Tensor]:
 @lru_cache(maxsize=256)
 def cpb_geometry(
     size: tuple[int, int], pool: tuple[int, int], ref: tuple[int, int], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Relative-coordinate table and indices of the continuous position bias (cached per arguments).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Relative coordinates and indices of the continuous position bias (cached per arguments).
 
     Args:
         size: Query map size (H, W).
@@ -96,17 +96,17 @@ def cpb_geometry(
         device: Where the tensors live.
 
     Returns:
-        ``table`` (Uh * Uw, 2) log-spaced (dh, dw) coordinates fed to the bias MLP, ``index_h`` (H, 1, pH, 1) and
-        ``index_w`` (1, W, 1, pW): the bias of query (y, x) and key (i, j) is row ``index_h[y, i] * Uw + index_w[x, j]``
-        of the MLP output. The set of (dh, dw) pairs is the product of the per-axis sets, as in the official table.
+        ``coords_h`` (Uh,) and ``coords_w`` (Uw,): the distinct log-spaced relative coordinates per axis; the official
+        table of distinct (dh, dw) pairs is their product (row ``a * Uw + b`` = ``(coords_h[a], coords_w[b])``), because
+        query/key rows and columns vary independently. ``index_h`` (H, 1, pH, 1) and ``index_w`` (1, W, 1, pW): the bias
+        of query (y, x) and key (i, j) is row ``index_h[y, 0, i, 0] + index_w[0, x, 0, j]`` of the table.
     """
     with torch.inference_mode(False), torch.no_grad():  # never cache inference tensors (they break later training)
         ch, ih = _axis_table(size[0], pool[0], ref[0])
         cw, iw = _axis_table(size[1], pool[1], ref[1])
-        table = torch.stack(torch.meshgrid(ch, cw, indexing="ij"), dim=-1).reshape(-1, 2)
         index_h = (ih * len(cw)).view(size[0], 1, pool[0], 1)
         index_w = iw.view(1, size[1], 1, pool[1])
-        return table.to(device), index_h.to(device), index_w.to(device)
+        return ch.to(device), cw.to(device), index_h.to(device), index_w.to(device)
 
 
 @lru_cache(maxsize=256)
@@ -135,16 +135,94 @@ def _log_length(n: int, device: torch.device) -> torch.Tensor:
 def clear_caches() -> None:
     """Drop every cached size-dependent table (e.g. to free memory after inference at many sizes)."""
     cpb_geometry.cache_clear()
+    _flat_index.cache_clear()
     local_geometry.cache_clear()
     _log_length.cache_clear()
 
 
-def _continuous_bias(fc1: nn.Linear, fc2: nn.Linear, size, pool, ref, device) -> torch.Tensor:
-    """Continuous relative position bias: MLP on the cached coordinate table, gathered to (heads, H*W, pH*pW)."""
-    table, index_h, index_w = cpb_geometry(size, pool, ref, device)
-    t = fc2(F.relu(fc1(table))).t()  # (heads, Uh*Uw)
-    bias = t[:, index_h + index_w]  # (heads, H, W, pH, pW)
-    return bias.reshape(t.shape[0], size[0] * size[1], pool[0] * pool[1])
+@lru_cache(maxsize=64)
+def _flat_index(size: tuple[int, int], pool: tuple[int, int], ref: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Row of the bias table for every (query, key) pair, flattened (H*W*pH*pW,), int32 (cached per arguments)."""
+    _, _, index_h, index_w = cpb_geometry(size, pool, ref, device)
+    with torch.inference_mode(False), torch.no_grad():
+        return (index_h + index_w).to(torch.int32).view(-1)
+
+
+def _cpb_mlp(fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: torch.Tensor) -> torch.Tensor:
+    """The bias MLP on every (dh, dw) pair of the product table: (Uh,), (Uw,) -> (heads, Uh * Uw).
+
+    fc1 is linear in (dh, dw), so it is split per axis; the (Uh * Uw, 512) hidden layer is then built and reduced by fc2
+    in slices of a few MB (the unsliced hidden layer is ~200 MB for stage 1 at 640x640 and dominated the runtime).
+    """
+    w1 = fc1.weight  # (hidden, 2)
+    a = coords_h.to(w1.dtype)[:, None] * w1[:, 0] + fc1.bias  # (Uh, hidden)
+    b = coords_w.to(w1.dtype)[:, None] * w1[:, 1]  # (Uw, hidden)
+    rows = max(1, (1 << 20) // (b.shape[0] * b.shape[1]))
+    out = [fc2(F.relu(a[r : r + rows, None] + b)) for r in range(0, a.shape[0], rows)]  # (rows, Uw, heads) each
+    return torch.cat(out, 0).flatten(0, 1).t()
+
+
+class _BiasCache:
+    """Caches the bias-MLP output of one attention module for inference (eval mode, no grad, eager).
+
+    The entry is keyed by the sizes, device and dtype and is valid only while the MLP weights are unchanged: a snapshot
+    of them (a few thousand numbers) is compared exactly on each use, so in-place updates (optimizer, EMA,
+    ``load_state_dict``) invalidate it.
+    """
+
+    def __init__(self):
+        self.key, self.weights, self.value = None, None, None
+
+    @staticmethod
+    def active(module: nn.Module) -> bool:
+        return not (module.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting()
+                    or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+
+    def get(self, key: tuple, params: list[torch.Tensor]) -> torch.Tensor | None:
+        if self.key == key and all(torch.equal(p, q) for p, q in zip(params, self.weights)):
+            return self.value
+        return None
+
+    def put(self, key: tuple, params: list[torch.Tensor], value: torch.Tensor) -> None:
+        self.key, self.weights, self.value = key, [p.detach().clone() for p in params], value
+
+
+def _continuous_bias(module: nn.Module, size, pool, device) -> torch.Tensor:
+    """Continuous relative position bias of ``module`` (has cpb_fc1/cpb_fc2/pretrain_size): (heads, H*W, pH*pW)."""
+    ch, cw, _, _ = cpb_geometry(size, pool, module.pretrain_size, device)
+    dtype = _autocast_dtype(device)
+    params = [module.cpb_fc1.weight, module.cpb_fc1.bias, module.cpb_fc2.weight, module.cpb_fc2.bias]
+    key = (size, pool, device, dtype)
+    cache: _BiasCache = module.__dict__.setdefault("_bias_cache", _BiasCache())
+    use_cache = _BiasCache.active(module)
+    t = cache.get(key, params) if use_cache else None
+    if t is None:
+        t = _cpb_mlp(module.cpb_fc1, module.cpb_fc2, ch, cw)  # (heads, Uh*Uw)
+        if use_cache:
+            cache.put(key, params, t)
+    bias = t.index_select(1, _flat_index(size, pool, module.pretrain_size, device))
+    return bias.view(t.shape[0], size[0] * size[1], pool[0] * pool[1])
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype active for ``device``, or None."""
+    try:
+        return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    except RuntimeError:  # device types without autocast (meta)
+        return None
+
+
+def _bias_matmul(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """bias + a @ b in one GEMM pass, accumulating into the freshly gathered ``bias`` (consumed).
+
+    Shapes: (h, N, P) + (B, h, N, d) @ (B, h, d, P) -> (B, h, N, P), contiguous.
+    """
+    B, h, N, d = a.shape
+    P = b.shape[-1]
+    dt = _autocast_dtype(a.device) or torch.promote_types(a.dtype, b.dtype)
+    base = bias.to(dt) if B == 1 else bias.to(dt).unsqueeze(0).expand(B, h, N, P).contiguous()
+    out = base.view(B * h, N, P).baddbmm_(a.reshape(B * h, N, d).to(dt), b.reshape(B * h, d, P).to(dt))
+    return out.view(B, h, N, P)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -182,7 +260,8 @@ class DWConv(nn.Module):
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, _, C = x.shape
-        return self.dwconv(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
+        y = self.dwconv(x.reshape(B, H, W, C).permute(0, 3, 1, 2))  # channels-last conv: no transposes of the map
+        return y.permute(0, 2, 3, 1).reshape(B, H * W, C)
 
 
 class ConvolutionalGLU(nn.Module):
@@ -304,20 +383,25 @@ class AggregatedAttention(nn.Module):
         x_ = F.adaptive_avg_pool2d(x_.view(B, H, W, C).permute(0, 3, 1, 2), pool).flatten(2).transpose(1, 2)
         kv_pool = self.kv(self.norm(x_)).view(B, P, 2, h, d).permute(2, 0, 3, 1, 4)  # (2, B, h, P, d)
         k_pool, v_pool = F.normalize(kv_pool[0], dim=-1), kv_pool[1]
-        pool_bias = _continuous_bias(self.cpb_fc1, self.cpb_fc2, (H, W), pool, self.pretrain_size, x.device)
-        attn_pool = q_scaled.transpose(1, 2) @ k_pool.transpose(-2, -1) + pool_bias  # (B, h, N, P)
+        pool_bias = _continuous_bias(self, (H, W), pool, x.device)
+        attn_pool = _bias_matmul(pool_bias, q_scaled.transpose(1, 2), k_pool.transpose(-2, -1))  # (B, h, N, P)
 
-        # one softmax over local + pooled similarities
-        attn = self.attn_drop(torch.cat([attn_local, attn_pool], dim=-1).softmax(dim=-1))
-        attn_local, attn_pool = attn[..., :L], attn[..., L:]
+        # one softmax over local + pooled similarities, computed in place on the large pooled part: the maximum is a
+        # constant shift (detached), exp in place, and the normalisation is applied after aggregating the values
+        shift = torch.maximum(attn_pool.detach().amax(-1, keepdim=True), attn_local.detach().amax(-1, keepdim=True))
+        e_pool = attn_pool.sub_(shift).exp_()
+        e_local = (attn_local - shift).exp()
+        inv_z = 1.0 / (e_pool.sum(-1, keepdim=True) + e_local.sum(-1, keepdim=True))  # (B, h, N, 1)
+        if self.training and self.attn_drop.p > 0:
+            e_pool, e_local = self.attn_drop(e_pool), self.attn_drop(e_local)
 
         # local aggregation with query-learnable tokens + bias added to the attention weights
-        w_local = (q_norm.transpose(1, 2) @ self.learnable_tokens + self.learnable_bias + attn_local)  # (B, h, N, L)
-        w_local = w_local.transpose(1, 2).reshape(B, H, W, h, L)
-        x_local = w_local[..., 0:1] * v_pad[:, 0:H, 0:W]
+        w_local = q_norm.transpose(1, 2) @ self.learnable_tokens + self.learnable_bias + e_local * inv_z
+        w_local = w_local.transpose(1, 2).reshape(B, H, W, h, L, 1)
+        x_local = w_local[..., 0, :] * v_pad[:, 0:H, 0:W]
         for n, (i, j) in enumerate(shifts[1:], start=1):
-            x_local = x_local + w_local[..., n : n + 1] * v_pad[:, i : i + H, j : j + W]
-        x = x_local.view(B, N, h, d) + (attn_pool @ v_pool).transpose(1, 2)
+            x_local = x_local.addcmul(w_local[..., n, :], v_pad[:, i : i + H, j : j + W])
+        x = x_local.view(B, N, h, d) + ((e_pool @ v_pool) * inv_z).transpose(1, 2)
         return self.proj_drop(self.proj(x.reshape(B, N, C)))
 
     def extra_repr(self) -> str:
@@ -359,10 +443,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        bias = _continuous_bias(self.cpb_fc1, self.cpb_fc2, (H, W), (H, W), self.pretrain_size, x.device)
+        bias = _continuous_bias(self, (H, W), (H, W), x.device)
         scale = F.softplus(self.temperature) * _log_length(N, x.device)
         q = (F.normalize(q, dim=-1) + self.query_embedding) * scale
-        attn = (q @ F.normalize(k, dim=-1).transpose(-2, -1) + bias).softmax(dim=-1)
+        attn = _bias_matmul(bias, q, F.normalize(k, dim=-1).transpose(-2, -1)).softmax(dim=-1)
         x = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
 
@@ -550,7 +634,8 @@ class TransNeXt(Backbone):
                               "it by 32); use the input size of pre-training, 224 for the official weights")
         self.in_chans, self.num_stages = in_chans, 4
         dims, ps = cfg["embed_dims"], cfg["patch_size"]
-        dpr = drop_path_rates(drop_path_rate, list(cfg["depths"]))
+        with torch.device("cpu"):  # plain numbers, also when building under a meta/cuda default device
+            dpr = drop_path_rates(drop_path_rate, list(cfg["depths"]))
         for i in range(self.num_stages):
             stride = 2 ** (i + 2)
             ref = tuple(s // stride for s in self.pretrain_size)

@@ -56,6 +56,13 @@ __all__ = [
 PosEnc = Optional[Union[torch.Tensor, Callable[[int, int], torch.Tensor]]]
 
 
+_ATTN_BLOCK = 1 << 19  # logits per block of queries in OSRA (2 MiB in float32)
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
 def resize_pos_enc(enc: torch.Tensor, nq: int, nk: int) -> torch.Tensor:
     """Resize a relative position encoding (1, heads, Nq0, Nk0) -> (1, heads, nq, nk), bicubic as the official code."""
     if enc.shape[-2] == nq and enc.shape[-1] == nk:
@@ -140,7 +147,12 @@ class ConvNormAct(nn.Module):
             self.activate = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn(self.conv(x))
+        c = self.conv
+        if c.kernel_size == (1, 1) and c.groups == c.in_channels == c.out_channels > 1:
+            x = x * c.weight.reshape(1, -1, 1, 1)  # a depthwise 1x1 conv is a per-channel scale (no slow grouped path)
+        else:
+            x = c(x)
+        x = self.bn(x)
         return self.activate(x) if hasattr(self, "activate") else x
 
 
@@ -203,19 +215,31 @@ class OSRA(nn.Module):
         """(B, C, H, W) -> (B, C, H, W); ``relative_pos_enc`` a tensor (resized if needed) or a resolver (nq, nk)."""
         B, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
-        q = self.q(x).reshape(B, h, d, -1).transpose(-1, -2)  # (B, h, N, d)
+        q = self.q(x).reshape(B * h, d, -1).transpose(-1, -2)  # (B*h, N, d)
         kv = self.sr(x)
         kv = self.local_conv(kv) + kv
         k, v = self.kv(kv).chunk(2, dim=1)
-        k = k.reshape(B, h, d, -1)  # (B, h, d, M)
-        v = v.reshape(B, h, d, -1).transpose(-1, -2)  # (B, h, M, d)
-        attn = (q @ k) * self.scale
+        k = k.reshape(B * h, d, -1)  # (B*h, d, M)
+        v = v.reshape(B * h, d, -1).transpose(-1, -2)  # (B*h, M, d)
+        N, M = q.shape[-2], k.shape[-1]
+        bias = None
         if relative_pos_enc is not None:
-            nq, nk = attn.shape[-2], attn.shape[-1]
-            bias = relative_pos_enc(nq, nk) if callable(relative_pos_enc) else resize_pos_enc(relative_pos_enc, nq, nk)
-            attn = attn + bias
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        return (attn @ v).transpose(-1, -2).reshape(B, C, H, W)
+            bias = relative_pos_enc(N, M) if callable(relative_pos_enc) else resize_pos_enc(relative_pos_enc, N, M)
+            bias = bias.to(q.dtype).expand(B, h, N, M)
+        # Queries in blocks of ~2**19 logits: the N x M attention map of the high-resolution stages then stays in cache
+        step = N if _exporting() else max(32, _ATTN_BLOCK // max(1, B * h * M))
+        out = [self._attend(q[:, i : i + step], k, v, None if bias is None else bias[:, :, i : i + step])
+               for i in range(0, N, step)]
+        out = out[0] if len(out) == 1 else torch.cat(out, dim=1)  # (B*h, N, d)
+        return out.transpose(-1, -2).reshape(B, C, H, W)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """softmax(scale * q @ k + bias) @ v for a block of queries: (B*h, n, d) -> (B*h, n, d)."""
+        if bias is None:
+            attn = (q @ k) * self.scale
+        else:  # bias + scale * (q @ k) as one batched GEMM (no separate scale/add passes over the logits)
+            attn = torch.baddbmm(bias.reshape(q.shape[0], q.shape[1], k.shape[-1]), q, k, alpha=self.scale)
+        return self.attn_drop(attn.softmax(dim=-1)) @ v
 
 
 def _adaptive_avg_pool_matrix(n: int, k: int, ref: torch.Tensor) -> torch.Tensor:
@@ -369,7 +393,14 @@ class MultiScaleDWConv(nn.Module):
         self.proj = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.channels, scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([conv(t) for conv, t in zip(self.proj, x.split(self.channels, dim=1))], dim=1)
+        return torch.cat([_dwconv(conv, t) for conv, t in zip(self.proj, x.split(self.channels, dim=1))], dim=1)
+
+
+def _dwconv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A depthwise conv; the 1x1 one as a per-channel affine (PyTorch runs grouped 1x1 convs group by group)."""
+    if conv.kernel_size == (1, 1):
+        return torch.addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1))
+    return conv(x)
 
 
 class MSFFN(nn.Module):
@@ -403,7 +434,7 @@ class LayerScale(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+        return torch.addcmul(self.bias.reshape(1, -1, 1, 1), x, self.weight.reshape(1, -1, 1, 1))
 
 
 @register_module(channels="same")
