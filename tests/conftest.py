@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
-import torch.nn as nn
+os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: no online checks, no downloads
 
-import yolo_plugins
-from yolo_plugins import Backbone, FeatureInfo, register_module, unregister_module
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+import yolo_plugins  # noqa: E402
+from yolo_plugins import Backbone, FeatureInfo, register_module, unregister_module  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = ROOT / "model_yamls"

@@ -2,6 +2,7 @@
 
     yolo-plugins list
     yolo-plugins shapes model_yamls/yolov8-ca.yaml --imgsz 640
+    yolo-plugins benchmark [--models yolov8n.yaml yolov8n-repvit.yaml ...] [--data coco8.yaml] [--epochs 10]
     yolo-plugins train model=model_yamls/yolov8-ca.yaml data=... epochs=...   # any `yolo` command passes through
 """
 
@@ -12,7 +13,7 @@ import sys
 
 from .errors import PluginError
 
-OWN_COMMANDS = ("list", "shapes")
+OWN_COMMANDS = ("list", "shapes", "benchmark")
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
@@ -42,6 +43,31 @@ def _cmd_shapes(ns: argparse.Namespace) -> int:
     return 0
 
 
+def add_benchmark_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``yolo-plugins benchmark`` (shared with scripts/benchmark.py)."""
+    from .benchmark import BenchmarkConfig
+
+    d = BenchmarkConfig()
+    p.add_argument("--models", nargs="+", default=d.models, help="baselines and plugin models (YAML names or paths)")
+    p.add_argument("--data", default=None, help="Ultralytics data YAML (default: the embedded generated dataset)")
+    for name in ("imgsz", "epochs", "batch", "seed", "workers", "n_train", "n_val", "latency_runs"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    for name in ("device", "project", "name"):
+        p.add_argument(f"--{name}", default=getattr(d, name))
+
+
+def _cmd_benchmark(ns: argparse.Namespace) -> int:
+    from .benchmark import BenchmarkConfig, run_benchmark
+
+    fields = BenchmarkConfig.__dataclass_fields__
+    cfg = BenchmarkConfig(**{k: v for k, v in vars(ns).items() if k in fields})
+    try:
+        run_benchmark(cfg)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``yolo-plugins`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -54,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         s = sub.add_parser("shapes", help="per-layer table of a model YAML")
         s.add_argument("model", help="model YAML path")
         s.add_argument("--imgsz", default="640", help="input size: 640 or height,width (default 640)")
+        add_benchmark_args(sub.add_parser("benchmark", help="train/validate/time baselines and plugin models"))
         ns = p.parse_args(argv)
         try:
-            return {"list": _cmd_list, "shapes": _cmd_shapes}[ns.cmd](ns)
+            return {"list": _cmd_list, "shapes": _cmd_shapes, "benchmark": _cmd_benchmark}[ns.cmd](ns)
         except (PluginError, FileNotFoundError) as e:
             print(f"yolo-plugins: error: {e}", file=sys.stderr)
             return 2

@@ -1,0 +1,140 @@
+"""Fresh interpreters: the `yolo` console command, checkpoint reload with only `from ultralytics import YOLO`, the
+`yolo-plugins` command, and the worker script Ultralytics generates for multi-GPU (DDP) training.
+
+These need the package installed (``pip install -e .``), which installs the autoload hook.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import YAMLS
+from ultralytics.utils import ASSETS
+
+ENV = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+
+
+def run(code_or_args, cwd, env=None, timeout=300):
+    args = [sys.executable, "-c", textwrap.dedent(code_or_args)] if isinstance(code_or_args, str) else code_or_args
+    p = subprocess.run(args, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"exit {p.returncode}\nSTDOUT:\n{p.stdout[-3000:]}\nSTDERR:\n{p.stderr[-3000:]}"
+    return p.stdout + p.stderr
+
+
+@pytest.fixture
+def ca_yaml(tmp_path):
+    dst = tmp_path / "yolov8n-ca.yaml"
+    shutil.copy(YAMLS / "yolov8-ca.yaml", dst)
+    return dst
+
+
+def test_plain_ultralytics_process_builds_plugin_yaml(ca_yaml, tmp_path):
+    out = run(
+        f"""
+        import sys
+        from ultralytics import YOLO
+        m = YOLO({str(ca_yaml)!r})
+        print("PLUGIN", type(m.model.model[16]).__module__, "yolo_plugins" in sys.modules)
+        """,
+        tmp_path,
+    )
+    assert "PLUGIN yolo_plugins.context_aggregation True" in out
+
+
+def test_autoload_can_be_disabled(ca_yaml, tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-c", f"from ultralytics import YOLO; YOLO({str(ca_yaml)!r})"],
+        cwd=tmp_path, env={**ENV, "YOLO_PLUGINS_AUTOLOAD": "0"}, capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode != 0 and "ContextAggregation" in p.stderr  # stock behaviour: the name is unknown
+
+
+def test_yolo_console_command_predicts_with_plugin_yaml(ca_yaml, tmp_path):
+    yolo = shutil.which("yolo", path=os.path.dirname(sys.executable)) or shutil.which("yolo")
+    cmd = [yolo] if yolo else [sys.executable, "-c", "from ultralytics.cfg import entrypoint; entrypoint()"]
+    out = run(cmd + ["predict", f"model={ca_yaml}", f"source={ASSETS / 'bus.jpg'}", "imgsz=64", "save=False",
+                     "device=cpu"], tmp_path)
+    assert "bus.jpg" in out and "Speed:" in out
+
+
+def test_yolo_plugins_command(tmp_path):
+    out = run([sys.executable, "-m", "yolo_plugins.cli", "shapes", str(YAMLS / "yolov8n-ca.yaml"), "--imgsz", "64"],
+              tmp_path)
+    assert "context_aggregation.ContextAggregation" in out and "(1, 64, 8, 8)" in out
+    out = run([sys.executable, "-m", "yolo_plugins.cli", "list"], tmp_path)
+    assert "ContextAggregation" in out and "same" in out
+    p = subprocess.run([sys.executable, "-m", "yolo_plugins.cli", "shapes", str(tmp_path / "nope.yaml")],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "error" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_checkpoint_reloads_in_fresh_process(ca_yaml, tmp_path):
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    model = YOLO(str(ca_yaml))
+    for ca in model.model.model[16], model.model.model[20]:  # make CA non-identity so it matters
+        torch.nn.init.normal_(ca.m.conv.weight, std=0.1)
+    ckpt = tmp_path / "best.pt"
+    model.save(ckpt)
+    x = torch.rand(1, 3, 64, 96)
+    torch.save(x, tmp_path / "x.pt")
+    ref = YOLO(str(ckpt)).model.float().eval()
+    with torch.no_grad():
+        expected = ref(x)[0]
+    # autoload off: the checkpoint alone must bring the plugin in (unpickling imports yolo_plugins)
+    run(
+        f"""
+        import sys, torch
+        from ultralytics import YOLO
+        m = YOLO({str(ckpt)!r}).model.float().eval()
+        assert "yolo_plugins" in sys.modules
+        with torch.no_grad():
+            torch.save(m(torch.load({str(tmp_path / 'x.pt')!r}))[0], {str(tmp_path / 'y.pt')!r})
+        """,
+        tmp_path,
+        env={**ENV, "YOLO_PLUGINS_AUTOLOAD": "0"},
+    )
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_ddp_worker_script_builds_plugin_model(ca_yaml, tmp_path):
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils.dist import generate_ddp_file
+
+    from yolo_plugins.data import DatasetSpec, make_dataset
+
+    data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))
+    trainer = DetectionTrainer(overrides=dict(model=str(ca_yaml), data=str(data), epochs=1, imgsz=64, device="cpu",
+                                              workers=0, plots=False, project=str(tmp_path), name="ddp"))
+    trainer.model = trainer.get_model(cfg=str(ca_yaml), verbose=False)
+    script = generate_ddp_file(trainer)
+    try:
+        out = run(
+            f"""
+            import runpy, torch
+            import ultralytics.engine.trainer as T
+
+            def train(self):  # stands in for the multi-GPU loop: what a worker has after start-up
+                from ultralytics.nn.tasks import DetectionModel
+                names = {{type(m).__name__ for m in self.model.modules()}}
+                rebuilt = DetectionModel(self.args.model, nc=5, verbose=False)
+                print("WORKER", "ContextAggregation" in names, type(rebuilt.model[16]).__name__)
+
+            T.BaseTrainer.train = train
+            runpy.run_path({script!r}, run_name="__main__")
+            """,
+            tmp_path,
+        )
+    finally:
+        for f in (script, script.replace(".py", ".pt")):
+            if os.path.exists(f):
+                os.remove(f)
+    assert "WORKER True ContextAggregation" in out
