@@ -2,7 +2,8 @@
 
 For every detection YAML of v3, v5, v6, v8, v9, v10, 11, 12, 26 and every scale it declares: same parameter count and
 the same weights for the same seed, registered (with the row stream active, the path plugin YAMLs take) and
-unregistered; and the same output for the smallest scale of each file.
+unregistered (parsed on the meta device, cheap); and for the main file of each family at its first scale, the same
+weights and output for the same seed (real build).
 """
 
 from __future__ import annotations
@@ -71,10 +72,15 @@ def test_stock_yaml_structure_unchanged(path, scale, first):
     assert _structure(cfg, stream=False) == ref
 
 
+SMALLEST = ["v3/yolov3-tiny.yaml", "v5/yolov5.yaml", "v6/yolov6.yaml", "v8/yolov8.yaml", "v9/yolov9t.yaml",
+            "v10/yolov10n.yaml", "11/yolo11.yaml", "12/yolo12.yaml", "26/yolo26.yaml"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path,scale,first", [c for c in CASES if c.values[2]])
+@pytest.mark.parametrize("path,scale,first", [c for c in CASES if c.values[2] and
+                                              f"{c.values[0].parent.name}/{c.values[0].name}" in SMALLEST])
 def test_stock_yaml_same_weights_and_output(path, scale, first):
-    """First scale of every file: same seed gives the same weights and the same output, registered or not."""
+    """Main file of every family, first scale: same seed gives the same weights and output, registered or not."""
     cfg = YAML.load(path)
     cfg["scale"] = scale
     yolo_plugins.unregister()
