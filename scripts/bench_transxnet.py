@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from oracles.transxnet_naive import naive_forward  # noqa: E402
+from oracles.transxnet_naive import naive_forward
 
-from yolo_plugins.transxnet import TransXNet  # noqa: E402
+from yolo_plugins.transxnet import TransXNet
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -55,15 +55,21 @@ def main(argv: list[str] | None = None) -> dict:
                 f()
                 wall[k].append(time.perf_counter() - t0)
                 cpu[k].append(time.process_time() - c0)
-    print(f"TransXNet-{args.variant.upper()} {args.batch}x3x{h}x{w}, eval, no_grad, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {args.runs} interleaved runs; max |naive - optimised| = {diff:.2e}")
+    print(
+        f"TransXNet-{args.variant.upper()} {args.batch}x3x{h}x{w}, eval, no_grad, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {args.runs} interleaved runs; max |naive - optimised| = {diff:.2e}"
+    )
     res = {}
     for k in fns:
-        res[k] = dict(wall_min=min(wall[k]), wall_med=statistics.median(wall[k]), cpu_min=min(cpu[k]))
-        print(f"  {k:10s} wall min {res[k]['wall_min']:.3f} s  median {res[k]['wall_med']:.3f} s  "
-              f"cpu min {res[k]['cpu_min']:.3f} s")
-    print(f"  speed-up (wall min) {res['naive']['wall_min'] / res['optimised']['wall_min']:.2f}x, "
-          f"(cpu min) {res['naive']['cpu_min'] / res['optimised']['cpu_min']:.2f}x")
+        res[k] = {"wall_min": min(wall[k]), "wall_med": statistics.median(wall[k]), "cpu_min": min(cpu[k])}
+        print(
+            f"  {k:10s} wall min {res[k]['wall_min']:.3f} s  median {res[k]['wall_med']:.3f} s  "
+            f"cpu min {res[k]['cpu_min']:.3f} s"
+        )
+    print(
+        f"  speed-up (wall min) {res['naive']['wall_min'] / res['optimised']['wall_min']:.2f}x, "
+        f"(cpu min) {res['naive']['cpu_min'] / res['optimised']['cpu_min']:.2f}x"
+    )
     res["max_abs_diff"] = diff
     return res
 

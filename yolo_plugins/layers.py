@@ -31,7 +31,7 @@ def to_2tuple(x) -> tuple:
 
 def drop_path_rates(rate: float, depths: list[int]) -> list[list[float]]:
     """Linearly increasing stochastic-depth rates over all blocks, split per stage (timm/official convention)."""
-    rates = torch.linspace(0, rate, sum(depths)).tolist()
+    rates = torch.linspace(0, rate, sum(depths), device="cpu").tolist()
     out, i = [], 0
     for d in depths:
         out.append(rates[i : i + d])

@@ -19,10 +19,13 @@ shapes are the official ones, so the ImageNet checkpoints (``{"model": state_dic
 
 Implementation differences (same math, checked against the official code and ``tests/oracles/transnext_naive.py``):
 everything that depends only on the input size (relative-coordinate tables and their indices, the window padding mask,
-the length scale) is computed once per (size, device) without ``torch.unique`` and cached; the 3x3 window is read as
-nine shifted views of a padded key/value map instead of ``nn.Unfold`` + batched 1x9 matmuls; the sr 1x1 conv runs as a
-linear layer on tokens. Inputs of any size work: a pooled size that would be 0 (maps smaller than ``sr``) is clamped
-to 1, where the official code fails.
+the length scale) is computed once per (size, device) without ``torch.unique`` and cached (``clear_caches()`` frees
+them); the 3x3 window is read as nine shifted views of a padded key/value map instead of ``nn.Unfold`` + batched 1x9
+matmuls; the shared softmax is computed in place on the pooled similarities (the bias is gathered into the GEMM
+output) and normalised after aggregating the values; the bias MLP is split per axis and sliced, and in inference
+(eval, no grad) its small output is cached per module until its weights change; the sr 1x1 conv runs as a linear
+layer on tokens. Inputs of any size work: a pooled size that would be 0 (maps smaller than ``sr``) is clamped to 1,
+where the official code fails.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .backbone import Backbone, FeatureInfo
 from .errors import PluginError
@@ -42,15 +45,15 @@ from .layers import CSPBlock, DropPath, drop_path_rates, to_2tuple
 from .registry import register_module
 
 __all__ = [
-    "OverlapPatchEmbed",
-    "ConvolutionalGLU",
     "AggregatedAttention",
     "Attention",
     "Block",
-    "TransNeXtBlock",
-    "ConvGLU",
     "C2fTransNeXt",
+    "ConvGLU",
+    "ConvolutionalGLU",
+    "OverlapPatchEmbed",
     "TransNeXt",
+    "TransNeXtBlock",
     "checkpoint_filter_fn",
     "cpb_geometry",
     "local_geometry",
@@ -109,7 +112,7 @@ def cpb_geometry(
         return ch.to(device), cw.to(device), index_h.to(device), index_w.to(device)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)
 def local_geometry(
     size: tuple[int, int], window: int, pool_len: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,8 +143,10 @@ def clear_caches() -> None:
     _log_length.cache_clear()
 
 
-@lru_cache(maxsize=64)
-def _flat_index(size: tuple[int, int], pool: tuple[int, int], ref: tuple[int, int], device: torch.device) -> torch.Tensor:
+@lru_cache(maxsize=16)  # the largest tables: 40 MB for stage 1 at 640x640; 16 = four sizes of a 4-stage backbone
+def _flat_index(
+    size: tuple[int, int], pool: tuple[int, int], ref: tuple[int, int], device: torch.device
+) -> torch.Tensor:
     """Row of the bias table for every (query, key) pair, flattened (H*W*pH*pW,), int32 (cached per arguments)."""
     _, _, index_h, index_w = cpb_geometry(size, pool, ref, device)
     with torch.inference_mode(False), torch.no_grad():
@@ -158,7 +163,7 @@ def _cpb_mlp(fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: t
     a = coords_h.to(w1.dtype)[:, None] * w1[:, 0] + fc1.bias  # (Uh, hidden)
     b = coords_w.to(w1.dtype)[:, None] * w1[:, 1]  # (Uw, hidden)
     rows = max(1, (1 << 20) // (b.shape[0] * b.shape[1]))
-    out = [fc2(F.relu(a[r : r + rows, None] + b)) for r in range(0, a.shape[0], rows)]  # (rows, Uw, heads) each
+    out = [fc2((a[r : r + rows, None] + b).relu_()) for r in range(0, a.shape[0], rows)]  # (rows, Uw, heads) each
     return torch.cat(out, 0).flatten(0, 1).t()
 
 
@@ -173,10 +178,22 @@ class _BiasCache:
     def __init__(self):
         self.key, self.weights, self.value = None, None, None
 
+    def __getstate__(self) -> dict:  # never pickled/deep-copied with the model (checkpoints, EMA copies)
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
     @staticmethod
     def active(module: nn.Module) -> bool:
-        return not (module.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting()
-                    or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+        return not (
+            module.training
+            or torch.is_grad_enabled()
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+            or getattr(torch.compiler, "is_compiling", lambda: False)()
+            or torch.onnx.is_in_onnx_export()
+        )
 
     def get(self, key: tuple, params: list[torch.Tensor]) -> torch.Tensor | None:
         if self.key == key and all(torch.equal(p, q) for p, q in zip(params, self.weights)):
@@ -208,7 +225,7 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype active for ``device``, or None."""
     try:
         return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-    except RuntimeError:  # device types without autocast (meta)
+    except (RuntimeError, AttributeError):  # device types without autocast (meta), old torch
         return None
 
 
@@ -271,8 +288,9 @@ class ConvolutionalGLU(nn.Module):
     ``hidden_features``).
     """
 
-    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
-                 drop: float = 0.0):
+    def __init__(
+        self, in_features: int, hidden_features: int | None = None, out_features: int | None = None, drop: float = 0.0
+    ):
         super().__init__()
         out_features = out_features or in_features
         hidden = int(2 * (hidden_features or in_features) / 3)
@@ -283,7 +301,10 @@ class ConvolutionalGLU(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        x, v = self.fc1(x).chunk(2, dim=-1)
+        # fc1 as two half GEMMs (same weights as the official ``fc1(x).chunk(2)``): both halves come out contiguous,
+        # so the depthwise conv reads the first one as a channels-last map without a copy
+        (w1, w2), (b1, b2) = self.fc1.weight.chunk(2), self.fc1.bias.chunk(2)
+        x, v = F.linear(x, w1, b1), F.linear(x, w2, b2)
         x = self.drop(self.act(self.dwconv(x, H, W)) * v)
         return self.drop(self.fc2(x))
 
@@ -309,9 +330,18 @@ class AggregatedAttention(nn.Module):
             ``pretrain_size // stride`` of the stage).
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, window_size: int = 3, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, sr_ratio: int = 1, pool_size: int | None = None,
-                 pretrain_size: int | Sequence[int] = 14):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        window_size: int = 3,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        sr_ratio: int = 1,
+        pool_size: int | None = None,
+        pretrain_size: int | Sequence[int] = 14,
+    ):
         super().__init__()
         if dim % num_heads:
             raise PluginError(f"AggregatedAttention: dim {dim} is not divisible by num_heads {num_heads}")
@@ -421,8 +451,15 @@ class Attention(nn.Module):
         pretrain_size: Map size at pre-training (official ``pretrain_size // 32``), scales the relative coordinates.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, pretrain_size: int | Sequence[int] = 7):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        pretrain_size: int | Sequence[int] = 7,
+    ):
         super().__init__()
         if dim % num_heads:
             raise PluginError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
@@ -458,16 +495,29 @@ class Block(nn.Module):
     :class:`AggregatedAttention`.
     """
 
-    def __init__(self, dim: int, num_heads: int, window_size: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6,
-                 sr_ratio: int = 1, pool_size: int | None = None, pretrain_size: int | Sequence[int] = 14):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int = 3,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        sr_ratio: int = 1,
+        pool_size: int | None = None,
+        pretrain_size: int | Sequence[int] = 14,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         if sr_ratio == 1 and pool_size is None:
             self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, pretrain_size)
         else:
-            self.attn = AggregatedAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop, sr_ratio,
-                                            pool_size, pretrain_size)
+            self.attn = AggregatedAttention(
+                dim, num_heads, window_size, qkv_bias, attn_drop, drop, sr_ratio, pool_size, pretrain_size
+            )
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = ConvolutionalGLU(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -515,16 +565,35 @@ class TransNeXtBlock(Block):
         torch.Size([1, 64, 20, 28])
     """
 
-    def __init__(self, c1: int, num_heads: int | None = None, mlp_ratio: float = 4.0, pool_size: int | None = 7,
-                 sr_ratio: int = 2, window_size: int = 3, pretrain_size: int = 14, drop_path: float = 0.0):
+    def __init__(
+        self,
+        c1: int,
+        num_heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        pool_size: int | None = 7,
+        sr_ratio: int = 2,
+        window_size: int = 3,
+        pretrain_size: int = 14,
+        drop_path: float = 0.0,
+    ):
         num_heads = num_heads or _default_heads(c1)
         if c1 % num_heads:
-            raise PluginError(f"TransNeXtBlock: channels {c1} are not divisible by num_heads {num_heads}; pick a "
-                              "divisor of the (width-scaled) channels or leave num_heads unset")
+            raise PluginError(
+                f"TransNeXtBlock: channels {c1} are not divisible by num_heads {num_heads}; pick a "
+                "divisor of the (width-scaled) channels or leave num_heads unset"
+            )
         if pool_size is None and sr_ratio < 2:
             raise PluginError("TransNeXtBlock: use sr_ratio >= 2 or a pool_size (aggregated attention needs pooling)")
-        super().__init__(c1, num_heads, window_size, mlp_ratio, drop_path=drop_path, sr_ratio=max(sr_ratio, 2),
-                         pool_size=pool_size, pretrain_size=pretrain_size)
+        super().__init__(
+            c1,
+            num_heads,
+            window_size,
+            mlp_ratio,
+            drop_path=drop_path,
+            sr_ratio=max(sr_ratio, 2),
+            pool_size=pool_size,
+            pretrain_size=pretrain_size,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -574,10 +643,29 @@ class C2fTransNeXt(CSPBlock):
         drop_path: Stochastic depth rate of the inner blocks.
     """
 
-    def __init__(self, c1: int, c2: int, n: int = 1, e: float = 0.5, num_heads: int | None = None,
-                 mlp_ratio: float = 4.0, pool_size: int | None = 7, sr_ratio: int = 2, drop_path: float = 0.0):
-        super().__init__(c1, c2, n, e, num_heads=num_heads, mlp_ratio=mlp_ratio, pool_size=pool_size,
-                         sr_ratio=sr_ratio, drop_path=drop_path)
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        n: int = 1,
+        e: float = 0.5,
+        num_heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        pool_size: int | None = 7,
+        sr_ratio: int = 2,
+        drop_path: float = 0.0,
+    ):
+        super().__init__(
+            c1,
+            c2,
+            n,
+            e,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            pool_size=pool_size,
+            sr_ratio=sr_ratio,
+            drop_path=drop_path,
+        )
 
     def make_block(self, c: int, **kwargs: Any) -> nn.Module:
         return TransNeXtBlock(c, **kwargs)
@@ -612,26 +700,44 @@ class TransNeXt(Backbone):
 
     family = "transnext"
     default_variant = "micro"
-    variants = {
-        "micro": dict(embed_dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), depths=(2, 2, 15, 2)),
-        "tiny": dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(2, 2, 15, 2)),
-        "small": dict(embed_dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), depths=(5, 5, 22, 5)),
-        "base": dict(embed_dims=(96, 192, 384, 768), num_heads=(4, 8, 16, 32), depths=(5, 5, 23, 5)),
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "micro": {"embed_dims": (48, 96, 192, 384), "num_heads": (2, 4, 8, 16), "depths": (2, 2, 15, 2)},
+        "tiny": {"embed_dims": (72, 144, 288, 576), "num_heads": (3, 6, 12, 24), "depths": (2, 2, 15, 2)},
+        "small": {"embed_dims": (72, 144, 288, 576), "num_heads": (3, 6, 12, 24), "depths": (5, 5, 22, 5)},
+        "base": {"embed_dims": (96, 192, 384, 768), "num_heads": (4, 8, 16, 32), "depths": (5, 5, 23, 5)},
     }
     # shared by every variant (official): 3x3 windows in stages 1-3 and full attention in stage 4, ConvGLU ratios,
     # pooling ratios, LayerNorm eps 1e-6 in the blocks, qkv bias
-    common = dict(window_size=(3, 3, 3, None), mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1), qkv_bias=True,
-                  norm_eps=1e-6, patch_size=4)
+    common: ClassVar[dict[str, Any]] = {
+        "window_size": (3, 3, 3, None),
+        "mlp_ratios": (8, 8, 4, 4),
+        "sr_ratios": (8, 4, 2, 1),
+        "qkv_bias": True,
+        "norm_eps": 1e-6,
+        "patch_size": 4,
+    }
 
-    def __init__(self, variant: str = "micro", weights: str | None = None, *, num_classes: int = 0,
-                 pretrain_size: int | Sequence[int] = 224, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, fixed_pool_size: int | None = None, in_chans: int = 3):
+    def __init__(
+        self,
+        variant: str = "micro",
+        weights: str | None = None,
+        *,
+        num_classes: int = 0,
+        pretrain_size: int | Sequence[int] = 224,
+        drop_path_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        fixed_pool_size: int | None = None,
+        in_chans: int = 3,
+    ):
         super().__init__(variant)
         cfg = {**self.common, **self.config(self.variant)}
         self.pretrain_size = tuple(int(s) for s in to_2tuple(pretrain_size))
         if min(self.pretrain_size) < 64:
-            raise PluginError(f"TransNeXt: pretrain_size {pretrain_size} is too small (need >= 64: stage 4 divides "
-                              "it by 32); use the input size of pre-training, 224 for the official weights")
+            raise PluginError(
+                f"TransNeXt: pretrain_size {pretrain_size} is too small (need >= 64: stage 4 divides "
+                "it by 32); use the input size of pre-training, 224 for the official weights"
+            )
         self.in_chans, self.num_stages = in_chans, 4
         dims, ps = cfg["embed_dims"], cfg["patch_size"]
         with torch.device("cpu"):  # plain numbers, also when building under a meta/cuda default device
@@ -639,12 +745,24 @@ class TransNeXt(Backbone):
         for i in range(self.num_stages):
             stride = 2 ** (i + 2)
             ref = tuple(s // stride for s in self.pretrain_size)
-            embed = OverlapPatchEmbed(ps * 2 - 1 if i == 0 else 3, ps if i == 0 else 2,
-                                      in_chans if i == 0 else dims[i - 1], dims[i])
+            embed = OverlapPatchEmbed(
+                ps * 2 - 1 if i == 0 else 3, ps if i == 0 else 2, in_chans if i == 0 else dims[i - 1], dims[i]
+            )
             blocks = nn.ModuleList(
-                Block(dims[i], cfg["num_heads"][i], cfg["window_size"][i] or 3, cfg["mlp_ratios"][i], cfg["qkv_bias"],
-                      drop_rate, attn_drop_rate, dpr[i][j], cfg["norm_eps"], cfg["sr_ratios"][i],
-                      fixed_pool_size if cfg["sr_ratios"][i] > 1 else None, ref)
+                Block(
+                    dims[i],
+                    cfg["num_heads"][i],
+                    cfg["window_size"][i] or 3,
+                    cfg["mlp_ratios"][i],
+                    cfg["qkv_bias"],
+                    drop_rate,
+                    attn_drop_rate,
+                    dpr[i][j],
+                    cfg["norm_eps"],
+                    cfg["sr_ratios"][i],
+                    fixed_pool_size if cfg["sr_ratios"][i] > 1 else None,
+                    ref,
+                )
                 for j in range(cfg["depths"][i])
             )
             setattr(self, f"patch_embed{i + 1}", embed)

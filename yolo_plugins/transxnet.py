@@ -16,10 +16,16 @@ ConvModule parts are named ``conv``/``bn``/``activate``, the dense-prediction (`
 ``norm0/2/4/6`` and the classifier is ``classifier.0`` (GroupNorm) / ``classifier.2`` (1x1 conv), so the official
 ImageNet checkpoints (``{"state_dict": ...}`` / ``{"model": ...}``) load unchanged.
 
-Speed (no change to the outputs): each stage's relative position encoding is resized once per forward instead of once
-per block, and in inference (no gradient needed) the resized bias is cached per (size, device, dtype) and recomputed
-when the parameter changes (its ``_version``/storage). ``tests/oracles/transxnet_naive.py`` is the straightforward
-reference the optimised path is tested against.
+Speed (same outputs up to float rounding, tested against ``tests/oracles/transxnet_naive.py``): each stage's relative
+position encoding is resized once per forward instead of once per block, and under no_grad/inference_mode the resized
+bias is cached per (size, device, dtype) and recomputed when the parameter changes (its ``_version``/storage); OSRA
+adds the bias inside the logits GEMM (``baddbmm``) and processes queries in cache-sized blocks; depthwise 1x1 convs run
+as per-channel affines; residuals around depthwise convs are folded into their kernels; in inference the BatchNorms
+around the 1x1 convs of the STE and MS-FFN are folded into those convs (computed on the fly, the parameters are
+untouched). ``scripts/bench_transxnet.py`` times the naive and optimised paths.
+
+ONNX (opset 17): the traced graph uses pooling matrices for IDConv's adaptive pooling (ONNX cannot pool to 7x7 from
+sizes 7 does not divide) and fixes the input and batch size (IDConv's per-sample kernels run as one conv with B*C groups).
 """
 
 from __future__ import annotations
@@ -27,11 +33,11 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .backbone import Backbone, FeatureInfo
 from .errors import PluginError
@@ -39,17 +45,18 @@ from .layers import CSPBlock, DropPath, drop_path_rates
 from .registry import register_module
 
 __all__ = [
-    "ConvNormAct",
-    "PatchEmbed",
-    "OSRA",
-    "IDConv",
-    "DMixer",
-    "MultiScaleDWConv",
     "MSFFN",
-    "LayerScale",
-    "TransXNetBlock",
+    "OSRA",
+    "BatchNorm2d",
     "C2fTransXNet",
+    "ConvNormAct",
+    "DMixer",
+    "IDConv",
+    "LayerScale",
+    "MultiScaleDWConv",
+    "PatchEmbed",
     "TransXNet",
+    "TransXNetBlock",
     "resize_pos_enc",
 ]
 
@@ -61,6 +68,47 @@ _ATTN_BLOCK = 1 << 19  # logits per block of queries in OSRA (2 MiB in float32)
 
 def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference BatchNorm as a per-channel (scale, shift)."""
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _fold_1x1(conv: nn.Conv2d, pre: nn.BatchNorm2d | None = None, post: nn.BatchNorm2d | None = None):
+    """Weight and bias of ``post(conv(pre(x)))`` for a 1x1 conv between inference BatchNorms (exact, no padding)."""
+    w = conv.weight.flatten(1)
+    b = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
+    if pre is not None:
+        s, t = _bn_affine(pre)
+        b = b + w @ t
+        w = w * s
+    if post is not None:
+        s, t = _bn_affine(post)
+        w = w * s[:, None]
+        b = b * s + t
+    return w[:, :, None, None], b
+
+
+def _dw_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x) + x`` for a stride-1 depthwise conv as one conv (identity added to the kernel centre).
+
+    In half precision (or autocast) the kernel would be rounded with the identity in it, so there the sum is computed
+    as written.
+    """
+    if (
+        torch.is_autocast_enabled(x.device.type)
+        or x.dtype not in (torch.float32, torch.float64)
+        or x.dtype != conv.weight.dtype
+    ):
+        return _dwconv(conv, x) + x
+    k = conv.kernel_size[0]
+    if k == 1:
+        return torch.addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1) + 1)
+    eye = torch.zeros_like(conv.weight[:1, :1])
+    eye[..., k // 2, k // 2] = 1
+    return F.conv2d(x, conv.weight + eye, conv.bias, 1, k // 2, groups=conv.groups)
 
 
 def resize_pos_enc(enc: torch.Tensor, nq: int, nk: int) -> torch.Tensor:
@@ -89,9 +137,13 @@ class _ResizeCache:
 
     @staticmethod
     def cacheable(enc: torch.Tensor) -> bool:
-        """True when the resized tensor needs no gradient and no graph is being traced/exported/compiled."""
+        """True under no_grad/inference_mode when no graph is being traced, exported or compiled.
+
+        With gradients enabled nothing is cached, even for a frozen table: a tensor cached under inference_mode
+        (Ultralytics' validation) must never enter an autograd graph.
+        """
         return not (
-            (torch.is_grad_enabled() and enc.requires_grad)
+            torch.is_grad_enabled()
             or torch.jit.is_tracing()
             or torch.jit.is_scripting()
             or torch.onnx.is_in_onnx_export()
@@ -102,8 +154,17 @@ class _ResizeCache:
         """``resize_pos_enc(enc, nq, nk)``, served from the cache while ``enc`` is unchanged and no grad is needed."""
         if (enc.shape[-2] == nq and enc.shape[-1] == nk) or not self.cacheable(enc):
             return resize_pos_enc(enc, nq, nk)
-        key = (tag, nq, nk, enc.device, enc.dtype, enc.data_ptr(), enc._version,
-               torch.is_autocast_enabled(enc.device.type))
+        key = (
+            tag,
+            nq,
+            nk,
+            enc.device,
+            enc.dtype,
+            enc.data_ptr(),
+            enc._version,
+            torch.is_autocast_enabled(enc.device.type),
+            torch.is_inference_mode_enabled(),
+        )
         out = self.store.get(key)
         if out is None:
             out = resize_pos_enc(enc, nq, nk)
@@ -133,6 +194,20 @@ class _StagePosEnc:
         return v
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that also trains on batches with a single value per channel.
+
+    Batch 1 with a 1x1 map (IDConv's global-context branch, OSRA's reduced keys of a tiny input) has no batch
+    variance; PyTorch (and the official code) then raises. Such a batch is normalised with the running statistics
+    (and does not update them). Every other case is plain BatchNorm; parameters and buffers are the same.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() == x.shape[1]:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
 class ConvNormAct(nn.Module):
     """Conv2d, BatchNorm2d, optional GELU (children ``conv``/``bn``/``activate`` as mmcv's ConvModule).
 
@@ -142,7 +217,7 @@ class ConvNormAct(nn.Module):
     def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int = 0, g: int = 1, act: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, p, groups=g, bias=False)
-        self.bn = nn.BatchNorm2d(c2)
+        self.bn = BatchNorm2d(c2)
         if act:
             self.activate = nn.GELU()
 
@@ -167,14 +242,6 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
-def osra_kv_size(h: int, sr_ratio: int) -> int:
-    """Side of OSRA's reduced key/value map for an input side ``h``: ``ceil(h / sr_ratio)`` (``h`` if sr_ratio is 1)."""
-    if sr_ratio <= 1:
-        return h
-    k = sr_ratio + 3
-    return (h + 2 * (k // 2) - k) // sr_ratio + 1
-
-
 class OSRA(nn.Module):
     """Overlapping Spatial Reduction Attention (official ``Attention``): (B, C, H, W) -> (B, C, H, W).
 
@@ -191,8 +258,9 @@ class OSRA(nn.Module):
         sr_ratio: Spatial reduction stride of keys/values.
     """
 
-    def __init__(self, dim: int, num_heads: int = 1, qk_scale: float | None = None, attn_drop: float = 0.0,
-                 sr_ratio: int = 1):
+    def __init__(
+        self, dim: int, num_heads: int = 1, qk_scale: float | None = None, attn_drop: float = 0.0, sr_ratio: int = 1
+    ):
         super().__init__()
         if dim % num_heads:
             raise PluginError(f"OSRA: dim {dim} is not divisible by num_heads {num_heads}; pick heads dividing it")
@@ -216,8 +284,7 @@ class OSRA(nn.Module):
         B, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
         q = self.q(x).reshape(B * h, d, -1).transpose(-1, -2)  # (B*h, N, d)
-        kv = self.sr(x)
-        kv = self.local_conv(kv) + kv
+        kv = _dw_plus_identity(self.local_conv, self.sr(x))  # LR(kv) + kv
         k, v = self.kv(kv).chunk(2, dim=1)
         k = k.reshape(B * h, d, -1)  # (B*h, d, M)
         v = v.reshape(B * h, d, -1).transpose(-1, -2)  # (B*h, M, d)
@@ -228,8 +295,10 @@ class OSRA(nn.Module):
             bias = bias.to(q.dtype).expand(B, h, N, M)
         # Queries in blocks of ~2**19 logits: the N x M attention map of the high-resolution stages then stays in cache
         step = N if _exporting() else max(32, _ATTN_BLOCK // max(1, B * h * M))
-        out = [self._attend(q[:, i : i + step], k, v, None if bias is None else bias[:, :, i : i + step])
-               for i in range(0, N, step)]
+        out = [
+            self._attend(q[:, i : i + step], k, v, None if bias is None else bias[:, :, i : i + step])
+            for i in range(0, N, step)
+        ]
         out = out[0] if len(out) == 1 else torch.cat(out, dim=1)  # (B*h, N, d)
         return out.transpose(-1, -2).reshape(B, C, H, W)
 
@@ -268,8 +337,9 @@ class IDConv(nn.Module):
         bias: Learn G biases per channel.
     """
 
-    def __init__(self, dim: int, kernel_size: int = 3, reduction_ratio: int = 4, num_groups: int = 2,
-                 bias: bool = True):
+    def __init__(
+        self, dim: int, kernel_size: int = 3, reduction_ratio: int = 4, num_groups: int = 2, bias: bool = True
+    ):
         super().__init__()
         if num_groups < 2:
             raise PluginError(f"IDConv: num_groups must be > 1 (got {num_groups})")
@@ -339,8 +409,16 @@ class DMixer(nn.Module):
             table per stage); 0 (default) = no relative position bias unless one is passed to ``forward``.
     """
 
-    def __init__(self, c1: int, kernel_size: int = 7, num_groups: int = 2, num_heads: int = 1, sr_ratio: int = 2,
-                 reduction_ratio: int = 8, pos_size: int = 0):
+    def __init__(
+        self,
+        c1: int,
+        kernel_size: int = 7,
+        num_groups: int = 2,
+        num_heads: int = 1,
+        sr_ratio: int = 2,
+        reduction_ratio: int = 8,
+        pos_size: int = 0,
+    ):
         super().__init__()
         dim = c1
         _check_dmixer(dim, num_heads)
@@ -350,12 +428,12 @@ class DMixer(nn.Module):
         self.proj = nn.Sequential(
             nn.Conv2d(dim, dim, 3, padding=1, groups=dim),
             nn.GELU(),
-            nn.BatchNorm2d(dim),
+            BatchNorm2d(dim),
             nn.Conv2d(dim, inner, 1),
             nn.GELU(),
-            nn.BatchNorm2d(inner),
+            BatchNorm2d(inner),
             nn.Conv2d(inner, dim, 1),
-            nn.BatchNorm2d(dim),
+            BatchNorm2d(dim),
         )
         _init_pos_table(self, pos_size, num_heads, sr_ratio)
 
@@ -364,7 +442,18 @@ class DMixer(nn.Module):
             relative_pos_enc = _own_pos_enc(self)
         x1, x2 = x.chunk(2, dim=1)
         x = torch.cat([self.local_unit(x1), self.global_unit(x2, relative_pos_enc)], dim=1)
-        return self.proj(x) + x
+        return self._ste(x) + x
+
+    def _ste(self, x: torch.Tensor) -> torch.Tensor:
+        """The STE branch ``proj(x)``; in inference its BatchNorms are folded into the 1x1 convs."""
+        p = self.proj
+        if self.training or torch.is_autocast_enabled(x.device.type):
+            return p(x)
+        x = p[1](p[0](x))
+        w, b = _fold_1x1(p[3], pre=p[2])
+        x = p[4](F.conv2d(x, w, b))
+        w, b = _fold_1x1(p[6], pre=p[5], post=p[7])
+        return F.conv2d(x, w, b)
 
 
 def _init_pos_table(m: nn.Module, pos_size: int, num_heads: int, sr_ratio: int) -> None:
@@ -395,6 +484,10 @@ class MultiScaleDWConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([_dwconv(conv, t) for conv, t in zip(self.proj, x.split(self.channels, dim=1))], dim=1)
 
+    def forward_plus_identity(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x) + x`` with the identity folded into each kernel."""
+        return torch.cat([_dw_plus_identity(conv, t) for conv, t in zip(self.proj, x.split(self.channels, dim=1))], 1)
+
 
 def _dwconv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A depthwise conv; the 1x1 one as a per-channel affine (PyTorch runs grouped 1x1 convs group by group)."""
@@ -412,17 +505,22 @@ class MSFFN(nn.Module):
     def __init__(self, in_features: int, hidden_features: int | None = None, drop: float = 0.0):
         super().__init__()
         hidden = hidden_features or in_features
-        self.fc1 = nn.Sequential(nn.Conv2d(in_features, hidden, 1, bias=False), nn.GELU(), nn.BatchNorm2d(hidden))
+        self.fc1 = nn.Sequential(nn.Conv2d(in_features, hidden, 1, bias=False), nn.GELU(), BatchNorm2d(hidden))
         self.dwconv = MultiScaleDWConv(hidden)
         self.act = nn.GELU()
-        self.norm = nn.BatchNorm2d(hidden)
-        self.fc2 = nn.Sequential(nn.Conv2d(hidden, in_features, 1, bias=False), nn.BatchNorm2d(in_features))
+        self.norm = BatchNorm2d(hidden)
+        self.fc2 = nn.Sequential(nn.Conv2d(hidden, in_features, 1, bias=False), BatchNorm2d(in_features))
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)
-        x = self.norm(self.act(self.dwconv(x) + x))
-        return self.drop(self.fc2(self.drop(x)))
+        if self.training or torch.is_autocast_enabled(x.device.type):
+            x = self.norm(self.act(self.dwconv(x) + x))
+            return self.drop(self.fc2(self.drop(x)))
+        # inference: the residual joins the depthwise kernels, ``norm`` and ``fc2.1`` fold into the 1x1 conv
+        x = self.act(self.dwconv.forward_plus_identity(x))
+        w, b = _fold_1x1(self.fc2[0], pre=self.norm, post=self.fc2[1])
+        return F.conv2d(x, w, b)
 
 
 class LayerScale(nn.Module):
@@ -456,9 +554,19 @@ class TransXNetBlock(nn.Module):
         pos_size: Own relative position table side (0: none; the backbone passes its shared per-stage table).
     """
 
-    def __init__(self, c1: int, kernel_size: int = 7, sr_ratio: int = 2, num_groups: int = 2, num_heads: int = 1,
-                 mlp_ratio: float = 4.0, drop: float = 0.0, drop_path: float = 0.0,
-                 layer_scale_init_value: float | None = 1e-5, pos_size: int = 0):
+    def __init__(
+        self,
+        c1: int,
+        kernel_size: int = 7,
+        sr_ratio: int = 2,
+        num_groups: int = 2,
+        num_heads: int = 1,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float | None = 1e-5,
+        pos_size: int = 0,
+    ):
         super().__init__()
         dim = c1
         _check_dmixer(dim, num_heads)
@@ -476,7 +584,7 @@ class TransXNetBlock(nn.Module):
         _init_weights(self)
 
     def forward(self, x: torch.Tensor, relative_pos_enc: PosEnc = None) -> torch.Tensor:
-        x = x + self.pos_embed(x)
+        x = _dw_plus_identity(self.pos_embed, x)  # x + DPE(x)
         x = x + self.drop_path(self.layer_scale_1(self.token_mixer(self.norm1(x), relative_pos_enc)))
         return x + self.drop_path(self.layer_scale_2(self.mlp(self.norm2(x))))
 
@@ -500,8 +608,9 @@ class C2fTransXNet(CSPBlock):
         **block_kwargs: Further :class:`TransXNetBlock` arguments (kernel_size, num_groups, mlp_ratio, ...).
     """
 
-    def __init__(self, c1: int, c2: int, n: int = 1, sr_ratio: int = 2, num_heads: int = 1, e: float = 0.5,
-                 **block_kwargs):
+    def __init__(
+        self, c1: int, c2: int, n: int = 1, sr_ratio: int = 2, num_heads: int = 1, e: float = 0.5, **block_kwargs
+    ):
         super().__init__(c1, c2, n, e, sr_ratio=sr_ratio, num_heads=num_heads, **block_kwargs)
 
     def make_block(self, c: int, **kwargs) -> nn.Module:
@@ -531,25 +640,57 @@ class TransXNet(Backbone):
             norms (features are the raw stage outputs) and ``classifier``; ``forward_head(features)`` gives logits.
         drop_rate: Dropout in the MS-FFNs.
         drop_path_rate: Stochastic depth, increasing linearly over the blocks.
-        image_size: Input size the relative position tables are sized for (224 in the official checkpoints).
+        image_size: Input size the relative position tables are sized for (224 in the official checkpoints); any
+            input size works, the tables are resized to it.
+        in_chans: Input channels.
     """
 
     family = "transxnet"
     default_variant = "t"
-    variants = {
-        "t": dict(layers=[3, 3, 9, 3], embed_dims=[48, 96, 224, 448], kernel_size=[7, 7, 7, 7],
-                  num_groups=[2, 2, 2, 2], sr_ratio=[8, 4, 2, 1], num_heads=[1, 2, 4, 8], mlp_ratios=[4, 4, 4, 4],
-                  layer_scale_init_value=1e-5),
-        "s": dict(layers=[4, 4, 12, 4], embed_dims=[64, 128, 320, 512], kernel_size=[7, 7, 7, 7],
-                  num_groups=[2, 2, 3, 4], sr_ratio=[8, 4, 2, 1], num_heads=[1, 2, 5, 8], mlp_ratios=[6, 6, 4, 4],
-                  layer_scale_init_value=1e-5),
-        "b": dict(layers=[4, 4, 21, 4], embed_dims=[76, 152, 336, 672], kernel_size=[7, 7, 7, 7],
-                  num_groups=[2, 2, 4, 4], sr_ratio=[8, 4, 2, 1], num_heads=[2, 4, 8, 16], mlp_ratios=[8, 8, 4, 4],
-                  layer_scale_init_value=1e-5),
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "t": {
+            "layers": [3, 3, 9, 3],
+            "embed_dims": [48, 96, 224, 448],
+            "kernel_size": [7, 7, 7, 7],
+            "num_groups": [2, 2, 2, 2],
+            "sr_ratio": [8, 4, 2, 1],
+            "num_heads": [1, 2, 4, 8],
+            "mlp_ratios": [4, 4, 4, 4],
+            "layer_scale_init_value": 1e-5,
+        },
+        "s": {
+            "layers": [4, 4, 12, 4],
+            "embed_dims": [64, 128, 320, 512],
+            "kernel_size": [7, 7, 7, 7],
+            "num_groups": [2, 2, 3, 4],
+            "sr_ratio": [8, 4, 2, 1],
+            "num_heads": [1, 2, 5, 8],
+            "mlp_ratios": [6, 6, 4, 4],
+            "layer_scale_init_value": 1e-5,
+        },
+        "b": {
+            "layers": [4, 4, 21, 4],
+            "embed_dims": [76, 152, 336, 672],
+            "kernel_size": [7, 7, 7, 7],
+            "num_groups": [2, 2, 4, 4],
+            "sr_ratio": [8, 4, 2, 1],
+            "num_heads": [2, 4, 8, 16],
+            "mlp_ratios": [8, 8, 4, 4],
+            "layer_scale_init_value": 1e-5,
+        },
     }
 
-    def __init__(self, variant: str = "t", weights: str | None = None, *, num_classes: int = 0,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, image_size: int = 224, in_chans: int = 3):
+    def __init__(
+        self,
+        variant: str = "t",
+        weights: str | None = None,
+        *,
+        num_classes: int = 0,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        image_size: int = 224,
+        in_chans: int = 3,
+    ):
         super().__init__(variant)
         cfg = self.config(self.variant)
         dims, layers, srs, heads = cfg["embed_dims"], cfg["layers"], cfg["sr_ratio"], cfg["num_heads"]
@@ -564,16 +705,27 @@ class TransXNet(Backbone):
             encs.append(nn.Parameter(torch.zeros(1, heads[i], side[0] * side[1], k[0] * k[1])))
             side = [math.ceil(s / 2) for s in side]
         self.relative_pos_enc = nn.ParameterList(encs)
-        self._pos_cache = _ResizeCache(4 * 4)
+        self._pos_cache = _ResizeCache(8)  # 2 input sizes x 4 stages (~75 MB each at 640x640 for T)
 
         dpr = drop_path_rates(drop_path_rate, layers)
         network: list[nn.Module] = []
         for i in range(4):
-            network.append(nn.ModuleList(
-                TransXNetBlock(dims[i], cfg["kernel_size"][i], srs[i], cfg["num_groups"][i], heads[i],
-                               cfg["mlp_ratios"][i], drop_rate, dpr[i][j], cfg["layer_scale_init_value"])
-                for j in range(layers[i])
-            ))
+            network.append(
+                nn.ModuleList(
+                    TransXNetBlock(
+                        dims[i],
+                        cfg["kernel_size"][i],
+                        srs[i],
+                        cfg["num_groups"][i],
+                        heads[i],
+                        cfg["mlp_ratios"][i],
+                        drop_rate,
+                        dpr[i][j],
+                        cfg["layer_scale_init_value"],
+                    )
+                    for j in range(layers[i])
+                )
+            )
             if i < 3:
                 network.append(PatchEmbed(dims[i], dims[i + 1], patch_size=3, stride=2, padding=1))
             self.feature_info.append(FeatureInfo(dims[i], 4 * 2**i, f"norm{2 * i}"))
@@ -581,8 +733,9 @@ class TransXNet(Backbone):
         for i in range(4):
             self.add_module(f"norm{2 * i}", nn.Identity() if num_classes > 0 else nn.GroupNorm(1, dims[i]))
         if num_classes > 0:
-            self.classifier = nn.Sequential(nn.GroupNorm(1, dims[-1]), nn.AdaptiveAvgPool2d(1),
-                                            nn.Conv2d(dims[-1], num_classes, 1))
+            self.classifier = nn.Sequential(
+                nn.GroupNorm(1, dims[-1]), nn.AdaptiveAvgPool2d(1), nn.Conv2d(dims[-1], num_classes, 1)
+            )
         _init_weights(self)
         self.check_feature_info()
         if weights:

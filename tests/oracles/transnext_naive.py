@@ -56,7 +56,7 @@ def aggregated_attention(m, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     kv = x @ m.kv.weight.t() + m.kv.bias
     k = _l2(kv[..., :C].view(B, N, h, d)).reshape(B, N, C)
     v = kv[..., C:]
-    to_map = lambda t: t.transpose(1, 2).reshape(B, C, H, W)  # noqa: E731
+    to_map = lambda t: t.transpose(1, 2).reshape(B, C, H, W)
     k_win = F.unfold(to_map(k), ws, padding=ws // 2).view(B, h, d, L, N)
     v_win = F.unfold(to_map(v), ws, padding=ws // 2).view(B, h, d, L, N)
     sim_local = torch.einsum("bhnd,bhdln->bhnl", q_scaled, k_win) + m.relative_pos_bias_local[:, None, :]
@@ -89,7 +89,7 @@ def full_attention(m, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
 
 def conv_glu(m, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """ConvolutionalGLU ``m``: (B, H*W, C) -> (B, H*W, C)."""
-    B, N, _ = x.shape
+    B, _N, _ = x.shape
     y = x @ m.fc1.weight.t() + m.fc1.bias
     a, gate = y.chunk(2, dim=-1)
     conv = m.dwconv.dwconv

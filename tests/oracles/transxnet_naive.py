@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["naive_forward", "naive_block"]
+__all__ = ["naive_block", "naive_forward"]
 
 
 def _bn(sd: dict, p: str, x: torch.Tensor) -> torch.Tensor:
-    return F.batch_norm(x, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"],
-                        False, 0.0, 1e-5)
+    return F.batch_norm(
+        x, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"], False, 0.0, 1e-5
+    )
 
 
 def _gn(sd: dict, p: str, x: torch.Tensor) -> torch.Tensor:
@@ -32,7 +33,7 @@ def _dw(sd: dict, p: str, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
 
 
 def _idconv(sd: dict, p: str, x: torch.Tensor) -> torch.Tensor:
-    B, C, H, W = x.shape
+    B, C, _H, _W = x.shape
     bank, bias_bank = sd[p + ".weight"], sd[p + ".bias"]  # (G, C, K, K), (G, C)
     G, K = bank.shape[0], bank.shape[-1]
 
@@ -108,7 +109,8 @@ def naive_forward(sd: dict, cfg: dict, x: torch.Tensor) -> list[torch.Tensor]:
             p = f"network.{2 * i - 1}.proj"
             x = _bn(sd, p + ".bn", F.conv2d(x, sd[p + ".conv.weight"], None, 2, 1))
         for j in range(cfg["layers"][i]):
-            x = naive_block(sd, f"network.{2 * i}.{j}", x, cfg["num_heads"][i], cfg["sr_ratio"][i],
-                            sd[f"relative_pos_enc.{i}"])
+            x = naive_block(
+                sd, f"network.{2 * i}.{j}", x, cfg["num_heads"][i], cfg["sr_ratio"][i], sd[f"relative_pos_enc.{i}"]
+            )
         outs.append(_gn(sd, f"norm{2 * i}", x))
     return outs

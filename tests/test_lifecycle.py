@@ -1,0 +1,118 @@
+"""Every YAML in model_yamls/ through the Ultralytics life cycle at a small size on the embedded dataset: train one
+epoch, validate, predict on a real photo, export to ONNX (onnxruntime matches PyTorch) and TorchScript, and reload
+best.pt in a fresh process that only does `from ultralytics import YOLO`."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import YAMLS
+from ultralytics.utils import ASSETS
+
+IMGSZ = 64
+ALL_YAMLS = sorted(p.name for p in YAMLS.glob("*.yaml"))
+
+
+def scaled_name(name: str) -> str:
+    """yolov8-repvit.yaml -> yolov8n-repvit.yaml (scale n)."""
+    return re.sub(r"^(yolo(?:v\d+|\d+))", r"\1n", name)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from yolo_plugins.data import DatasetSpec, make_dataset
+
+    return str(make_dataset(tmp_path_factory.mktemp("data"), DatasetSpec(n_train=8, n_val=4, imgsz=96)))
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """Train each YAML once (lazily) and remember its best.pt."""
+    from ultralytics import YOLO
+
+    root, cache = tmp_path_factory.mktemp("runs"), {}
+
+    def get(name):
+        if name not in cache:
+            label = scaled_name(name)[:-5]
+            torch.manual_seed(0)
+            YOLO(str(YAMLS / scaled_name(name))).train(
+                data=data, epochs=1, imgsz=IMGSZ, batch=4, workers=0, device="cpu", plots=False, amp=False,
+                project=str(root), name=label, exist_ok=True, verbose=False, seed=0,
+            )
+            cache[name] = root / label / "weights" / "best.pt"
+            assert cache[name].is_file()
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL_YAMLS)
+def test_train_val_predict_export(name, trained, data):
+    from ultralytics import YOLO
+
+    best = trained(name)
+    model = YOLO(str(best))
+    metrics = model.val(data=data, imgsz=IMGSZ, batch=4, plots=False, verbose=False, device="cpu")
+    assert 0.0 <= metrics.box.map <= 1.0
+    res = model.predict(ASSETS / "bus.jpg", imgsz=IMGSZ, conf=0.0, device="cpu", verbose=False)[0]
+    assert res.orig_shape == (1080, 810) and res.boxes.xyxy.shape[1] == 4
+
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    net = YOLO(str(best)).model.float().fuse(verbose=False).eval()
+    with torch.no_grad():
+        ref = net(x)[0].numpy()
+
+    import onnxruntime as ort
+
+    onnx_path = YOLO(str(best)).export(format="onnx", imgsz=IMGSZ, opset=17, device="cpu", simplify=False)
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, atol=2e-3, rtol=1e-3)
+
+    ts_path = YOLO(str(best)).export(format="torchscript", imgsz=IMGSZ, device="cpu")
+    ts = torch.jit.load(ts_path)
+    with torch.no_grad():
+        np.testing.assert_allclose(ts(x)[0].numpy() if isinstance(ts(x), (tuple, list)) else ts(x).numpy(), ref,
+                                   atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_best_pt_reloads_in_fresh_process(trained, tmp_path):
+    """One fresh interpreter (only `from ultralytics import YOLO`) reloads every best.pt: same predictions."""
+    from ultralytics import YOLO
+
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    torch.save(x, tmp_path / "x.pt")
+    paths = [str(trained(n)) for n in ALL_YAMLS]
+    expected = {}
+    for p in paths:
+        net = YOLO(p).model.float().eval()
+        with torch.no_grad():
+            expected[p] = net(x)[0]
+    code = f"""
+        import sys, torch
+        from ultralytics import YOLO
+        x = torch.load({str(tmp_path / 'x.pt')!r})
+        out = {{}}
+        for p in {paths!r}:
+            with torch.no_grad():
+                out[p] = YOLO(p).model.float().eval()(x)[0]
+        torch.save(out, {str(tmp_path / 'y.pt')!r})
+    """
+    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = torch.load(tmp_path / "y.pt")
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v, atol=0, rtol=0)

@@ -1,0 +1,377 @@
+"""TransNeXt: shapes, parameter counts, official checkpoint layout, odd inputs, autocast, ONNX, naive oracle, caches,
+neck blocks and YAML models. Small inputs; the official-code comparison lives outside the repo (see the module doc)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import yolo_plugins
+import yolo_plugins.transnext as T
+from yolo_plugins import CheckpointError, PluginError, create_backbone
+from yolo_plugins.registry import get_entry
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from oracles import transnext_naive as naive
+
+PAPER_PARAMS_M = {"micro": 12.81, "tiny": 28.26, "small": 49.74, "base": 89.72}
+
+
+def _ceil(n: int, s: int) -> int:
+    return -(-n // s)
+
+
+@pytest.fixture(scope="module")
+def micro() -> T.TransNeXt:
+    torch.manual_seed(0)
+    return T.TransNeXt("micro").eval()
+
+
+def _perturb(model: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> torch.nn.Module:
+    """Move every parameter away from its init (so that zero-initialised biases, temperatures etc. matter)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------- shapes
+
+
+def test_feature_info_micro(micro):
+    assert micro.channels == [48, 96, 192, 384]
+    assert micro.strides == [4, 8, 16, 32]
+    assert [f.module for f in micro.feature_info] == ["norm1", "norm2", "norm3", "norm4"]
+    assert get_entry("TransNeXt").rule == "backbone"
+    assert "transnext_micro" in yolo_plugins.list_backbones() or T.TransNeXt.family == "transnext"
+
+
+@pytest.mark.parametrize("hw", [(64, 96), (200, 328), (40, 40), (33, 17)])
+@pytest.mark.parametrize("batch,train", [(1, False), (2, True)])
+def test_features_any_size(micro, hw, batch, train):
+    m = micro.train(train)
+    try:
+        x = torch.randn(batch, 3, *hw)
+        with torch.set_grad_enabled(train):
+            out = m(x)
+        assert len(out) == 4
+        for f, c, s in zip(out, m.channels, m.strides):
+            assert f.shape == (batch, c, _ceil(hw[0], s), _ceil(hw[1], s))
+            assert torch.isfinite(f).all()
+        if train:
+            sum(f.mean() for f in out).backward()
+            assert m.block1[0].attn.learnable_tokens.grad is not None
+            m.zero_grad(set_to_none=True)
+    finally:
+        m.eval()
+
+
+def test_bad_input_raises(micro):
+    with pytest.raises(PluginError, match="image tensor"):
+        micro(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(PluginError, match="variant"):
+        T.TransNeXt("huge")
+    with pytest.raises(PluginError, match="pretrain_size"):
+        T.TransNeXt("micro", pretrain_size=32)
+
+
+@pytest.mark.parametrize("variant", list(PAPER_PARAMS_M))
+def test_param_counts_with_classifier(variant):
+    with torch.device("meta"):
+        m = T.TransNeXt(variant, num_classes=1000)
+    assert round(sum(p.numel() for p in m.parameters()) / 1e6, 2) == PAPER_PARAMS_M[variant]
+    assert not list(m.buffers())  # everything size-dependent is recomputed and cached, nothing is a fixed buffer
+
+
+def test_classifier_head():
+    m = T.TransNeXt("micro", num_classes=10).eval()
+    with torch.no_grad():
+        logits = m.forward_head(m(torch.randn(2, 3, 64, 64)))
+    assert logits.shape == (2, 10)
+    with pytest.raises(PluginError, match="num_classes"):
+        T.TransNeXt("micro").forward_head([torch.zeros(1, 384, 2, 2)])
+
+
+def test_stochastic_depth_rates():
+    m = T.TransNeXt("micro", drop_path_rate=0.2)
+    rates = [b.drop_path.p for i in range(1, 5) for b in getattr(m, f"block{i}") if hasattr(b.drop_path, "p")]
+    assert len(rates) == 20 and rates[-1] == pytest.approx(0.2)  # first block has rate 0 -> Identity
+    x = torch.randn(2, 3, 32, 32)
+    m.train()
+    torch.manual_seed(0)
+    a = m(x)[3]
+    torch.manual_seed(1)
+    b = m(x)[3]
+    assert not torch.allclose(a, b)  # random residual drops in training
+    m.eval()
+    assert torch.equal(m(x)[3], m(x)[3])
+
+
+# ----------------------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_official_checkpoint_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    src = _perturb(T.TransNeXt("micro", num_classes=1000)).eval()
+    sd = dict(src.state_dict())
+    assert any(k.startswith("head.") for k in sd)
+    # official names (spot checks of the layout of classification/transnext.py)
+    for k, shape in {
+        "patch_embed1.proj.weight": (48, 3, 7, 7),
+        "block1.0.attn.learnable_tokens": (2, 24, 9),
+        "block1.0.attn.relative_pos_bias_local": (2, 9),
+        "block1.0.attn.cpb_fc1.weight": (512, 2),
+        "block1.0.attn.sr.weight": (48, 48, 1, 1),
+        "block1.0.mlp.dwconv.dwconv.weight": (256, 1, 3, 3),
+        "block4.1.attn.qkv.weight": (1152, 384),
+        "block4.1.attn.query_embedding": (16, 1, 24),
+        "norm4.weight": (384,),
+        "head.weight": (1000, 384),
+    }.items():
+        assert tuple(sd[k].shape) == shape, k
+    # buffers some re-saved official checkpoints carry: dropped by the filter (recomputed per input size)
+    sd["relative_pos_index1"] = torch.zeros(10, dtype=torch.long)
+    sd["relative_coords_table1"] = torch.zeros(5, 2)
+    sd["block1.0.attn.seq_length_scale"] = torch.zeros(3136, 1)
+    sd["block1.0.attn.padding_mask"] = torch.zeros(3136, 9, dtype=torch.bool)
+    path = tmp_path / "transnext_micro_224_1k.pth"
+    torch.save({"model": sd}, path)
+
+    m = create_backbone("transnext_micro", weights=path).eval()
+    assert not hasattr(m, "head")
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(src(x), m(x)):
+            assert torch.equal(a, b)
+    filtered = T.checkpoint_filter_fn(sd, m)
+    assert not any(k.startswith("head.") or "relative_" in k.split(".")[0] for k in filtered)
+    assert set(filtered) == set(m.state_dict())
+    # mmdet-style checkpoints: "backbone." prefix stripped, neck/head dropped
+    mm = {"backbone." + k: v for k, v in m.state_dict().items()} | {"neck.0.weight": torch.zeros(1)}
+    assert set(T.checkpoint_filter_fn(mm, m)) == set(m.state_dict())
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        create_backbone("transnext_micro", weights=tmp_path / "missing.pth")
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError):
+        create_backbone("transnext_micro", weights=text)
+    with torch.device("meta"):
+        tiny_keys = {k: tuple(v.shape) for k, v in T.TransNeXt("tiny").state_dict().items()}
+    other = tmp_path / "tiny.pth"
+    torch.save({"model": {k: torch.zeros(s) for k, s in tiny_keys.items() if k.startswith("block1.")}}, other)
+    with pytest.raises(CheckpointError, match="shape"):
+        create_backbone("transnext_micro", weights=other)
+
+
+# -------------------------------------------------------------------------------------------------- oracle and caches
+
+
+def test_optimised_equals_naive_backbone():
+    torch.manual_seed(0)
+    m = T.TransNeXt("micro").eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(m(x), naive.backbone(m, x)):
+            assert (a - b).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("stage,hw", [(1, (16, 24)), (1, (13, 7)), (2, (5, 9)), (3, (4, 6)), (4, (2, 3)), (4, (3, 5))])
+def test_optimised_equals_naive_blocks(stage, hw):
+    torch.manual_seed(stage)
+    m = _perturb(T.TransNeXt("micro"), seed=stage).eval()
+    blk = getattr(m, f"block{stage}")[0]
+    x = torch.randn(2, hw[0] * hw[1], m.channels[stage - 1])
+    with torch.no_grad():
+        assert (blk(x, *hw) - naive.block(blk, x, *hw)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kwargs", [{"num_heads": 2}, {"num_heads": 4, "pool_size": None, "sr_ratio": 4}])
+def test_neck_block_equals_naive_with_gradients(kwargs):
+    torch.manual_seed(0)
+    blk = _perturb(T.TransNeXtBlock(64, **kwargs)).train()
+    x = torch.randn(2, 64, 13, 19)
+    params = list(blk.parameters())
+    y1 = blk(x)
+    g1 = torch.autograd.grad(y1.square().sum(), params)
+    y2 = naive.neck_block(blk, x)
+    g2 = torch.autograd.grad(y2.square().sum(), params)
+    assert (y1 - y2).abs().max() < 1e-5
+    for a, b in zip(g1, g2):
+        assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+
+
+def test_geometry_cached_not_rebuilt(micro):
+    T.clear_caches()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        micro(x)
+        c1, l1 = T.cpb_geometry.cache_info(), T.local_geometry.cache_info()
+        assert c1.misses == 4 and l1.misses == 3  # one per stage (stage 4 has no window)
+        micro(x)
+        c2, l2 = T.cpb_geometry.cache_info(), T.local_geometry.cache_info()
+        assert (c2.misses, l2.misses) == (c1.misses, l1.misses) and c2.hits > c1.hits
+        micro(torch.randn(1, 3, 64, 64))
+        assert T.cpb_geometry.cache_info().misses == 8
+
+
+def test_axis_table_matches_unique():
+    """The per-axis distinct coordinates (found without torch.unique) index exactly the official per-pair values."""
+    for n, p, ref in [(50, 6, 55), (13, 6, 13), (7, 7, 6), (160, 20, 55), (3, 1, 27)]:
+        coords, index = T._axis_table(n, p, ref)
+        q = torch.arange(n, dtype=torch.float32)
+        k = torch.nn.functional.adaptive_avg_pool1d(q[None], p)[0]
+        r = (q[:, None] - k[None]) / (ref - 1) * 8
+        expect = torch.sign(r) * torch.log2(r.abs() + 1) / torch.log2(torch.tensor(8.0))
+        assert torch.equal(coords[index], expect)
+        assert len(coords) == len(torch.unique(expect))
+
+
+def test_inference_bias_cache_invalidated_by_weight_updates():
+    torch.manual_seed(0)
+    m = T.TransNeXt("micro").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        m(x)
+        attn = m.block1[0].attn
+        assert attn._bias_cache.value is not None  # filled in eval/no-grad
+        with torch.no_grad():
+            attn.cpb_fc2.bias.add_(1.0)  # in-place update, like an optimizer or EMA step
+        fresh = copy.deepcopy(m)
+        assert fresh.block1[0].attn._bias_cache.value is None  # caches are never copied/pickled with the model
+        assert torch.equal(m(x)[0], fresh(x)[0])
+    m.train()
+    m(x)  # training never reads or writes the cache
+    assert m.block1[0].attn._bias_cache.key is not None
+
+
+# ------------------------------------------------------------------------------------------- dtypes, devices, export
+
+
+def test_bf16_autocast(micro):
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = micro(x)
+    with torch.no_grad():
+        ref = micro(x)
+    for a, b in zip(out, ref):
+        assert a.dtype == torch.bfloat16 and torch.isfinite(a.float()).all()
+        assert (a.float() - b).abs().mean() < 0.1
+
+
+def test_no_fixed_device_and_dtype():
+    m = T.TransNeXt("micro").eval()
+    with torch.no_grad():
+        out = copy.deepcopy(m).to("meta")(torch.empty(1, 3, 64, 96, device="meta"))
+        assert [f.device.type for f in out] == ["meta"] * 4
+        out = m.to(torch.float64)(torch.randn(1, 3, 32, 32, dtype=torch.float64))
+        assert all(f.dtype == torch.float64 for f in out)
+
+
+@pytest.mark.slow
+def test_onnx_matches_onnxruntime(tmp_path):
+    """Every code path (aggregated attention in stages 1-3, full attention in stage 4) exported with opset 17; stage 3
+    is cut to 2 of its 15 identical blocks to keep the TorchScript export fast (the full micro exports the same way)."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = _perturb(T.TransNeXt("micro")).eval()
+    model.block3 = model.block3[:2]
+    x = torch.randn(1, 3, 64, 96)
+    path = tmp_path / "transnext_micro.onnx"
+    torch.onnx.export(model, (x,), str(path), opset_version=17, input_names=["images"], dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = model(x)
+    for a, b in zip(got, ref):
+        assert a.shape == tuple(b.shape)
+        assert abs(a - b.numpy()).max() < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------------------- blocks
+
+
+@pytest.mark.parametrize("hw", [(20, 28), (5, 3), (1, 1), (9, 16)])
+def test_transnext_block_any_size(hw):
+    blk = T.TransNeXtBlock(64).eval()
+    assert blk.attn.num_heads == 2
+    x = torch.randn(2, 64, *hw)
+    assert blk(x).shape == x.shape
+    blk2 = T.TransNeXtBlock(48, num_heads=3, pool_size=None, sr_ratio=4).train()
+    y = blk2(torch.randn(1, 48, *hw))
+    y.mean().backward()
+    assert y.shape == (1, 48, *hw)
+
+
+def test_block_argument_errors():
+    with pytest.raises(PluginError, match="divisible"):
+        T.TransNeXtBlock(64, num_heads=3)
+    with pytest.raises(PluginError, match="sr_ratio"):
+        T.TransNeXtBlock(64, pool_size=None, sr_ratio=1)
+
+
+def test_convglu_and_csp_blocks():
+    x = torch.randn(2, 32, 10, 14)
+    g = T.ConvGLU(32)
+    assert g(x).shape == x.shape
+    bare = T.ConvGLU(32, residual=False)
+    assert isinstance(bare.norm, torch.nn.Identity)
+    assert torch.allclose(bare(x), bare.mlp(x.flatten(2).transpose(1, 2), 10, 14).transpose(1, 2).reshape(x.shape))
+    c = T.C2fTransNeXt(32, 64, n=2)
+    assert c(x).shape == (2, 64, 10, 14) and len(c.m) == 2 and isinstance(c.m[0], T.TransNeXtBlock)
+    assert get_entry("TransNeXtBlock").rule == "same"
+    assert get_entry("ConvGLU").rule == "same"
+    assert get_entry("C2fTransNeXt").rule == "scaled" and get_entry("C2fTransNeXt").repeat
+
+
+# ------------------------------------------------------------------------------------------------------------ YAMLs
+
+
+def _yaml_model(name: str, scale: str = "n"):
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import YAML
+
+    cfg = YAML.load(ROOT / "model_yamls" / f"{name}-transnext.yaml")
+    cfg["scale"] = scale
+    return DetectionModel(cfg, verbose=False)
+
+
+@pytest.mark.parametrize("name", ["yolov8", "yolov5", "yolo11"])
+def test_yaml_builds_and_runs(name):
+    model = _yaml_model(name).eval()
+    assert isinstance(model.model[0], T.TransNeXt) and model.model[0].variant == "micro"
+    with torch.no_grad():
+        y = model(torch.zeros(1, 3, 96, 160))
+    assert y[0].shape[0] == 1 and y[0].shape[1] == 84
+
+
+@pytest.mark.slow
+def test_yaml_full_size_and_train_step():
+    from ultralytics import YOLO
+
+    model = YOLO(str(ROOT / "model_yamls" / "yolov8-transnext.yaml")).model.eval()
+    with torch.no_grad():
+        for hw in [(640, 640), (480, 640)]:
+            preds = model(torch.zeros(1, 3, *hw))[0]
+            assert preds.shape == (1, 84, sum((hw[0] // s) * (hw[1] // s) for s in (8, 16, 32)))
+    from ultralytics.cfg import get_cfg
+
+    model.args = get_cfg()
+    model.train()
+    batch = {
+        "img": torch.rand(2, 3, 64, 64),
+        "batch_idx": torch.tensor([0.0, 1.0]),
+        "cls": torch.tensor([[1.0], [3.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.6, 0.2, 0.2]]),
+    }
+    loss, _ = model.loss(batch)
+    loss.sum().backward()
+    assert model.model[0].patch_embed1.proj.weight.grad is not None
