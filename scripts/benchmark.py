@@ -1,7 +1,7 @@
 """Train, validate and time baselines against plugin models (same code as `yolo-plugins benchmark`).
 
-    python scripts/benchmark.py                                   # ~15 min CPU run on the embedded dataset
-    python scripts/benchmark.py --data VOC.yaml --imgsz 640 --epochs 100 --models yolov8s.yaml yolov8s-repvit.yaml
+python scripts/benchmark.py                                   # ~15 min CPU run on the embedded dataset
+python scripts/benchmark.py --data VOC.yaml --imgsz 640 --epochs 100 --models yolov8s.yaml yolov8s-repvit.yaml
 """
 
 import argparse

@@ -20,8 +20,19 @@ def test_resolve_model():
 
 @pytest.mark.slow
 def test_tiny_benchmark(tmp_path):
-    cfg = BenchmarkConfig(models=["yolov8n.yaml", "yolov8n-ca.yaml"], epochs=1, imgsz=64, batch=4, n_train=8,
-                          n_val=4, workers=0, device="cpu", project=str(tmp_path), name="tiny", latency_runs=2)
+    cfg = BenchmarkConfig(
+        models=["yolov8n.yaml", "yolov8n-ca.yaml"],
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        n_train=8,
+        n_val=4,
+        workers=0,
+        device="cpu",
+        project=str(tmp_path),
+        name="tiny",
+        latency_runs=2,
+    )
     logs = []
     rows, md = run_benchmark(cfg, log=logs.append)
     run = tmp_path / "tiny"

@@ -47,9 +47,7 @@ def test_matches_reference_formula(reduction, shape):
 
 def test_gradients_flow_and_state_dict_layout():
     ca = ContextAggregation(8, 2)
-    assert sorted(ca.state_dict()) == sorted(
-        f"{p}.conv.{w}" for p in ("a", "k", "v", "m") for w in ("weight", "bias")
-    )
+    assert sorted(ca.state_dict()) == sorted(f"{p}.conv.{w}" for p in ("a", "k", "v", "m") for w in ("weight", "bias"))
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     ca(x).sum().backward()
     assert ca.m.conv.weight.grad is not None and ca.m.conv.weight.grad.abs().sum() > 0

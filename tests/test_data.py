@@ -45,8 +45,10 @@ def test_labels_valid_and_spread(dataset):
         for im_path in ims:
             im = cv2.imread(str(im_path))
             assert im.shape == (SPEC.imgsz, SPEC.imgsz, 3)
-            rows = [list(map(float, line.split())) for line in
-                    (root / "labels" / split / f"{im_path.stem}.txt").read_text().splitlines()]
+            rows = [
+                list(map(float, line.split()))
+                for line in (root / "labels" / split / f"{im_path.stem}.txt").read_text().splitlines()
+            ]
             per_image.append(len(rows))
             boxes = []
             for c, x, y, w, h in rows:
@@ -58,7 +60,8 @@ def test_labels_valid_and_spread(dataset):
                 boxes.append((x - w / 2, y - h / 2, x + w / 2, y + h / 2))
             overlaps += any(
                 min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
-                for i, a in enumerate(boxes) for b in boxes[i + 1 :]
+                for i, a in enumerate(boxes)
+                for b in boxes[i + 1 :]
             )
     assert classes == set(range(len(CLASSES)))
     assert min(sizes) <= 12 and max(sizes) >= 0.4 * SPEC.imgsz  # about 8 px up to half the image

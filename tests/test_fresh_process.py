@@ -50,7 +50,11 @@ def test_plain_ultralytics_process_builds_plugin_yaml(ca_yaml, tmp_path):
 def test_autoload_can_be_disabled(ca_yaml, tmp_path):
     p = subprocess.run(
         [sys.executable, "-c", f"from ultralytics import YOLO; YOLO({str(ca_yaml)!r})"],
-        cwd=tmp_path, env={**ENV, "YOLO_PLUGINS_AUTOLOAD": "0"}, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env={**ENV, "YOLO_PLUGINS_AUTOLOAD": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert p.returncode != 0 and "ContextAggregation" in p.stderr  # stock behaviour: the name is unknown
 
@@ -58,19 +62,28 @@ def test_autoload_can_be_disabled(ca_yaml, tmp_path):
 def test_yolo_console_command_predicts_with_plugin_yaml(ca_yaml, tmp_path):
     yolo = shutil.which("yolo", path=os.path.dirname(sys.executable)) or shutil.which("yolo")
     cmd = [yolo] if yolo else [sys.executable, "-c", "from ultralytics.cfg import entrypoint; entrypoint()"]
-    out = run(cmd + ["predict", f"model={ca_yaml}", f"source={ASSETS / 'bus.jpg'}", "imgsz=64", "save=False",
-                     "device=cpu"], tmp_path)
+    out = run(
+        cmd + ["predict", f"model={ca_yaml}", f"source={ASSETS / 'bus.jpg'}", "imgsz=64", "save=False", "device=cpu"],
+        tmp_path,
+    )
     assert "bus.jpg" in out and "Speed:" in out
 
 
 def test_yolo_plugins_command(tmp_path):
-    out = run([sys.executable, "-m", "yolo_plugins.cli", "shapes", str(YAMLS / "yolov8n-ca.yaml"), "--imgsz", "64"],
-              tmp_path)
+    out = run(
+        [sys.executable, "-m", "yolo_plugins.cli", "shapes", str(YAMLS / "yolov8n-ca.yaml"), "--imgsz", "64"], tmp_path
+    )
     assert "context_aggregation.ContextAggregation" in out and "(1, 64, 8, 8)" in out
     out = run([sys.executable, "-m", "yolo_plugins.cli", "list"], tmp_path)
     assert "ContextAggregation" in out and "same" in out
-    p = subprocess.run([sys.executable, "-m", "yolo_plugins.cli", "shapes", str(tmp_path / "nope.yaml")],
-                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "yolo_plugins.cli", "shapes", str(tmp_path / "nope.yaml")],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2 and "error" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -96,7 +109,7 @@ def test_checkpoint_reloads_in_fresh_process(ca_yaml, tmp_path):
         m = YOLO({str(ckpt)!r}).model.float().eval()
         assert "yolo_plugins" in sys.modules
         with torch.no_grad():
-            torch.save(m(torch.load({str(tmp_path / 'x.pt')!r}))[0], {str(tmp_path / 'y.pt')!r})
+            torch.save(m(torch.load({str(tmp_path / "x.pt")!r}))[0], {str(tmp_path / "y.pt")!r})
         """,
         tmp_path,
         env={**ENV, "YOLO_PLUGINS_AUTOLOAD": "0"},
@@ -112,8 +125,19 @@ def test_ddp_worker_script_builds_plugin_model(ca_yaml, tmp_path):
     from yolo_plugins.data import DatasetSpec, make_dataset
 
     data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))
-    trainer = DetectionTrainer(overrides=dict(model=str(ca_yaml), data=str(data), epochs=1, imgsz=64, device="cpu",
-                                              workers=0, plots=False, project=str(tmp_path), name="ddp"))
+    trainer = DetectionTrainer(
+        overrides=dict(
+            model=str(ca_yaml),
+            data=str(data),
+            epochs=1,
+            imgsz=64,
+            device="cpu",
+            workers=0,
+            plots=False,
+            project=str(tmp_path),
+            name="ddp",
+        )
+    )
     trainer.model = trainer.get_model(cfg=str(ca_yaml), verbose=False)
     script = generate_ddp_file(trainer)
     try:

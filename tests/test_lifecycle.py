@@ -44,8 +44,19 @@ def trained(data, tmp_path_factory):
             label = scaled_name(name)[:-5]
             torch.manual_seed(0)
             YOLO(str(YAMLS / scaled_name(name))).train(
-                data=data, epochs=1, imgsz=IMGSZ, batch=4, workers=0, device="cpu", plots=False, amp=False,
-                project=str(root), name=label, exist_ok=True, verbose=False, seed=0,
+                data=data,
+                epochs=1,
+                imgsz=IMGSZ,
+                batch=4,
+                workers=0,
+                device="cpu",
+                plots=False,
+                amp=False,
+                project=str(root),
+                name=label,
+                exist_ok=True,
+                verbose=False,
+                seed=0,
             )
             cache[name] = root / label / "weights" / "best.pt"
             assert cache[name].is_file()
@@ -82,8 +93,9 @@ def test_train_val_predict_export(name, trained, data):
     ts_path = YOLO(str(best)).export(format="torchscript", imgsz=IMGSZ, device="cpu")
     ts = torch.jit.load(ts_path)
     with torch.no_grad():
-        np.testing.assert_allclose(ts(x)[0].numpy() if isinstance(ts(x), (tuple, list)) else ts(x).numpy(), ref,
-                                   atol=2e-3, rtol=1e-3)
+        np.testing.assert_allclose(
+            ts(x)[0].numpy() if isinstance(ts(x), (tuple, list)) else ts(x).numpy(), ref, atol=2e-3, rtol=1e-3
+        )
 
 
 @pytest.mark.slow
@@ -102,16 +114,22 @@ def test_best_pt_reloads_in_fresh_process(trained, tmp_path):
     code = f"""
         import sys, torch
         from ultralytics import YOLO
-        x = torch.load({str(tmp_path / 'x.pt')!r})
+        x = torch.load({str(tmp_path / "x.pt")!r})
         out = {{}}
         for p in {paths!r}:
             with torch.no_grad():
                 out[p] = YOLO(p).model.float().eval()(x)[0]
-        torch.save(out, {str(tmp_path / 'y.pt')!r})
+        torch.save(out, {str(tmp_path / "y.pt")!r})
     """
     env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     got = torch.load(tmp_path / "y.pt")
     for k, v in expected.items():

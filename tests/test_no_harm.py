@@ -72,13 +72,24 @@ def test_stock_yaml_structure_unchanged(path, scale, first):
     assert _structure(cfg, stream=False) == ref
 
 
-SMALLEST = ["v3/yolov3-tiny.yaml", "v5/yolov5.yaml", "v6/yolov6.yaml", "v8/yolov8.yaml", "v9/yolov9t.yaml",
-            "v10/yolov10n.yaml", "11/yolo11.yaml", "12/yolo12.yaml", "26/yolo26.yaml"]
+SMALLEST = [
+    "v3/yolov3-tiny.yaml",
+    "v5/yolov5.yaml",
+    "v6/yolov6.yaml",
+    "v8/yolov8.yaml",
+    "v9/yolov9t.yaml",
+    "v10/yolov10n.yaml",
+    "11/yolo11.yaml",
+    "12/yolo12.yaml",
+    "26/yolo26.yaml",
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path,scale,first", [c for c in CASES if c.values[2] and
-                                              f"{c.values[0].parent.name}/{c.values[0].name}" in SMALLEST])
+@pytest.mark.parametrize(
+    "path,scale,first",
+    [c for c in CASES if c.values[2] and f"{c.values[0].parent.name}/{c.values[0].name}" in SMALLEST],
+)
 def test_stock_yaml_same_weights_and_output(path, scale, first):
     """Main file of every family, first scale: same seed gives the same weights and output, registered or not."""
     cfg = YAML.load(path)

@@ -114,8 +114,14 @@ def test_backbone_weights_argument(toy_modules, tmp_path):
     ref = ToyBackbone("a")
     path = tmp_path / "toy.pth"
     torch.save({"model": ref.state_dict()}, path)
-    cfg = toy_yaml(backbone=[[-1, 1, "ToyBackbone", ["a", str(path)]], [0, 1, "Feature", [1]], [0, 1, "Feature", [2]],
-                             [0, 1, "Feature", [3]]])
+    cfg = toy_yaml(
+        backbone=[
+            [-1, 1, "ToyBackbone", ["a", str(path)]],
+            [0, 1, "Feature", [1]],
+            [0, 1, "Feature", [2]],
+            [0, 1, "Feature", [3]],
+        ]
+    )
     m = build(cfg)
     for k, v in ref.state_dict().items():
         assert torch.equal(m.model[0].state_dict()[k], v)
@@ -175,29 +181,43 @@ def test_scaled_rule_needs_channel_count(toy_modules):
 
 
 def test_bad_variant_lists_valid_ones(toy_modules):
-    cfg = toy_yaml(backbone=[[-1, 1, "ToyBackbone", ["c"]], [0, 1, "Feature", [1]], [0, 1, "Feature", [2]],
-                             [0, 1, "Feature", [3]]])
+    cfg = toy_yaml(
+        backbone=[[-1, 1, "ToyBackbone", ["c"]], [0, 1, "Feature", [1]], [0, 1, "Feature", [2]], [0, 1, "Feature", [3]]]
+    )
     with pytest.raises(PluginError, match=r"row 0 \(ToyBackbone\).*no variant 'c'.*Valid variants: a, b"):
         build(cfg)
 
 
 def test_variant_map_without_this_scale(toy_modules):
-    cfg = toy_yaml(backbone=[[-1, 1, "ToyBackbone", [{"x": "b"}]], [0, 1, "Feature", [1]], [0, 1, "Feature", [2]],
-                             [0, 1, "Feature", [3]]])
+    cfg = toy_yaml(
+        backbone=[
+            [-1, 1, "ToyBackbone", [{"x": "b"}]],
+            [0, 1, "Feature", [1]],
+            [0, 1, "Feature", [2]],
+            [0, 1, "Feature", [3]],
+        ]
+    )
     with pytest.raises(YAMLError, match="no entry for scale 'n'"):
         build(cfg)
 
 
 def test_feature_index_out_of_range(toy_modules):
-    cfg = toy_yaml(backbone=[[-1, 1, "ToyBackbone", ["a"]], [0, 1, "Feature", [1]], [0, 1, "Feature", [2]],
-                             [0, 1, "Feature", [4]]])
+    cfg = toy_yaml(
+        backbone=[[-1, 1, "ToyBackbone", ["a"]], [0, 1, "Feature", [1]], [0, 1, "Feature", [2]], [0, 1, "Feature", [4]]]
+    )
     with pytest.raises(YAMLError, match=r"row 3 \(Feature\): feature index 4 does not exist.*has 4 features"):
         build(cfg)
 
 
 def test_stock_row_reading_backbone_list(toy_modules):
-    cfg = toy_yaml(backbone=[[-1, 1, "ToyBackbone", ["a"]], [-1, 1, "Conv", [16, 3, 2]], [0, 1, "Feature", [2]],
-                             [0, 1, "Feature", [3]]])
+    cfg = toy_yaml(
+        backbone=[
+            [-1, 1, "ToyBackbone", ["a"]],
+            [-1, 1, "Conv", [16, 3, 2]],
+            [0, 1, "Feature", [2]],
+            [0, 1, "Feature", [3]],
+        ]
+    )
     with pytest.raises(YAMLError, match=r"row 1 \(Conv\) takes row 0 \(ToyBackbone a\).*\[0, 1, Feature, \[3\]\]"):
         build(cfg)
 

@@ -11,7 +11,12 @@ from .errors import CheckpointError, PluginError, YAMLError
 from .patch import is_registered, register, unregister
 from .registry import list_modules, register_module, unregister_module
 
-FAMILIES = ("context_aggregation", "repvit", "transnext", "transxnet")  # module files that register plugin modules on import
+FAMILIES = (
+    "context_aggregation",
+    "repvit",
+    "transnext",
+    "transxnet",
+)  # module files that register plugin modules on import
 for _name in FAMILIES:
     _importlib.import_module(f"{__name__}.{_name}")
 

@@ -31,8 +31,10 @@ class _AfterTasksImport:
             try:
                 import yolo_plugins  # noqa: F401  registers on import
             except Exception as e:  # noqa: BLE001 - never break Ultralytics because of the plugin
-                print(f"yolo-plugins: autoload failed ({type(e).__name__}: {e}); `import yolo_plugins` by hand",
-                      file=sys.stderr)
+                print(
+                    f"yolo-plugins: autoload failed ({type(e).__name__}: {e}); `import yolo_plugins` by hand",
+                    file=sys.stderr,
+                )
 
         spec.loader.exec_module = exec_then_register
         return spec

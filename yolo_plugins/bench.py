@@ -272,3 +272,26 @@ def _worker(spec_json: str) -> None:
 
 if __name__ == "__main__":
     _worker(sys.argv[1])
+
+
+def size_table(names: list[str], imgsz: int = 640) -> str:
+    """Markdown table of backbone-only parameters (M) and GFLOPs (torch's FlopCounterMode, 2 FLOPs per MAC, the
+    convention of Ultralytics' GFLOPs) for one ``imgsz x imgsz`` image, in eval mode, before and after ``fuse()``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .backbone import create_backbone
+    from .layers import Fusable
+
+    lines = [f"| backbone | params (M) | fused params (M) | GFLOPs @ {imgsz} |", "|---|---|---|---|"]
+    for name in names:
+        m = create_backbone(name).eval()
+        params = sum(p.numel() for p in m.parameters())
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            m(torch.zeros(1, 3, imgsz, imgsz))
+        for sub in reversed(list(m.modules())):
+            if isinstance(sub, Fusable):
+                sub.fuse()
+        fused = sum(p.numel() for p in m.parameters())
+        lines.append(f"| {name} | {params / 1e6:.2f} | {fused / 1e6:.2f} | {fc.get_total_flops() / 1e9:.1f} |")
+    return "\n".join(lines)

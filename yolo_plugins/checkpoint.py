@@ -52,7 +52,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ) from None
     for _ in range(3):  # unwrap nested containers
         if isinstance(obj, Mapping) and not _is_state_dict(obj):
-            inner = next((obj[k] for k in _CONTAINER_KEYS if k in obj and isinstance(obj[k], (Mapping, nn.Module))), None)
+            inner = next(
+                (obj[k] for k in _CONTAINER_KEYS if k in obj and isinstance(obj[k], (Mapping, nn.Module))), None
+            )
             if inner is None:
                 break
             obj = inner.state_dict() if isinstance(inner, nn.Module) else inner
@@ -93,7 +95,9 @@ def load_pretrained(
     if filter_fn is not None:
         sd = filter_fn(sd, model)
     own = model.state_dict()
-    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    mismatched = [
+        (k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if k in own and v.shape != own[k].shape
+    ]
     if mismatched:
         k, got, want = mismatched[0]
         raise CheckpointError(

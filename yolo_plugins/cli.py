@@ -1,9 +1,9 @@
 """``yolo-plugins`` command: Ultralytics' ``yolo`` CLI with the plugin registered, plus ``list`` and ``shapes``.
 
-    yolo-plugins list
-    yolo-plugins shapes model_yamls/yolov8-ca.yaml --imgsz 640
-    yolo-plugins benchmark [--models yolov8n.yaml yolov8n-repvit.yaml ...] [--data coco8.yaml] [--epochs 10]
-    yolo-plugins train model=model_yamls/yolov8-ca.yaml data=... epochs=...   # any `yolo` command passes through
+yolo-plugins list
+yolo-plugins shapes model_yamls/yolov8-ca.yaml --imgsz 640
+yolo-plugins benchmark [--models yolov8n.yaml yolov8n-repvit.yaml ...] [--data coco8.yaml] [--epochs 10]
+yolo-plugins train model=model_yamls/yolov8-ca.yaml data=... epochs=...   # any `yolo` command passes through
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ def _cmd_list(_: argparse.Namespace) -> int:
     print(f"{'module':<{w0}}  {'channels':<{w1}}  arguments / description")
     for name, rule, args, doc in rows:
         print(f"{name:<{w0}}  {rule:<{w1}}  {args}\n{'':<{w0 + w1 + 4}}{doc}")
-    print("\nchannel rules: same = output channels equal input (built as cls(c1, *args)); scaled = first arg is c2, "
-          "scaled by width like Conv (cls(c1, c2, *args[1:])), +n = takes the row's repeats; backbone = outputs a "
-          "feature list (pick with Feature rows); feature = picks one backbone feature")
+    print(
+        "\nchannel rules: same = output channels equal input (built as cls(c1, *args)); scaled = first arg is c2, "
+        "scaled by width like Conv (cls(c1, c2, *args[1:])), +n = takes the row's repeats; backbone = outputs a "
+        "feature list (pick with Feature rows); feature = picks one backbone feature"
+    )
     return 0
 
 

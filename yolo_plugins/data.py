@@ -121,8 +121,15 @@ def _clutter(rng: np.random.Generator, im: np.ndarray) -> None:
             pts = (np.array(p) + rng.normal(0, s / 20, (7, 2))).astype(np.int32)
             cv2.fillPoly(im, [cv2.convexHull(pts)], _colour(rng))
         else:  # text-like strokes
-            cv2.putText(im, "".join(rng.choice(list("AXZ7%#")) for _ in range(3)), p, cv2.FONT_HERSHEY_SIMPLEX,
-                        float(rng.uniform(0.3, 1.2)), _colour(rng), 1)
+            cv2.putText(
+                im,
+                "".join(rng.choice(list("AXZ7%#")) for _ in range(3)),
+                p,
+                cv2.FONT_HERSHEY_SIMPLEX,
+                float(rng.uniform(0.3, 1.2)),
+                _colour(rng),
+                1,
+            )
 
 
 def _image(rng: np.random.Generator, spec: DatasetSpec, photos: list[np.ndarray]) -> tuple[np.ndarray, list]:

@@ -359,8 +359,12 @@ class _Stream:
         try:
             inspect.signature(entry.cls).bind(*call, **kwargs)
         except TypeError as e:
-            filled = {"same": " (c1 is filled in from the input row)", "scaled": " (c1 and the scaled c2 are filled "
-                      "in; the YAML gives c2 first)", "feature": "", "backbone": ""}[entry.rule]
+            filled = {
+                "same": " (c1 is filled in from the input row)",
+                "scaled": " (c1 and the scaled c2 are filled in; the YAML gives c2 first)",
+                "feature": "",
+                "backbone": "",
+            }[entry.rule]
             raise YAMLError(
                 f"{label}: bad arguments {call}{' ' + str(kwargs) if kwargs else ''}: {e}. {entry.name} takes "
                 f"{entry.signature}{filled}."
