@@ -184,8 +184,11 @@ def test_optimised_equals_naive_backbone():
             assert (a - b).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("chunk", ["default", "small"])
 @pytest.mark.parametrize("stage,hw", [(1, (16, 24)), (1, (13, 7)), (2, (5, 9)), (3, (4, 6)), (4, (2, 3)), (4, (3, 5))])
-def test_optimised_equals_naive_blocks(stage, hw):
+def test_optimised_equals_naive_blocks(stage, hw, chunk, monkeypatch):
+    if chunk == "small":  # many query chunks of 16 rows, the last one partial
+        monkeypatch.setattr(T, "_CHUNK_ELEMENTS", 1)
     torch.manual_seed(stage)
     m = _perturb(T.TransNeXt("micro"), seed=stage).eval()
     blk = getattr(m, f"block{stage}")[0]
@@ -194,8 +197,44 @@ def test_optimised_equals_naive_blocks(stage, hw):
         assert (blk(x, *hw) - naive.block(blk, x, *hw)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("size,pool", [((16, 24), (2, 3)), ((40, 40), (20, 20)), ((13, 7), (1, 1)), ((6, 4), (6, 4))])
+def test_strided_bias_equals_gathered_bias(size, pool):
+    """The gather-free view (keys reversed) holds exactly the gathered bias for uniform pooling."""
+    m = _perturb(T.AggregatedAttention(32, 2, sr_ratio=2, pretrain_size=7))
+    with torch.no_grad():
+        table, ih, iw = T._bias_table(m, size, pool, torch.device("cpu"))
+        gathered = T.gather_bias(table, ih, iw, 0, size[0]).view(2, *size, *pool)
+        view = T.strided_bias(table, size, pool)
+    assert torch.equal(view, gathered.flip(-2, -1))
+
+
+def test_strided_bias_only_for_uniform_pooling():
+    table = torch.zeros(2, 20, 20)
+    assert T.strided_bias(table, (13, 7), (6, 3)) is None  # 13 rows do not split evenly into 6 pooling windows
+
+
+@pytest.mark.parametrize("temperature", [0.0, 40.0])
+def test_softmax_with_and_without_max_shift(temperature, monkeypatch):
+    """Small similarities take the unshifted exp path, large ones (a trained-up temperature) the max-shifted one."""
+    torch.manual_seed(0)
+    blk = _perturb(T.TransNeXt("micro"), seed=3).eval().block1[0]
+    with torch.no_grad():
+        blk.attn.temperature.fill_(temperature)  # softplus(40) * log(9 + 4) ~ 100: unshifted exp would overflow
+    decisions, safe = [], T._exp_is_safe
+    monkeypatch.setattr(T, "_exp_is_safe", lambda *a: decisions.append(safe(*a)) or decisions[-1])
+    x = torch.randn(1, 12 * 20, blk.norm1.normalized_shape[0]) * 3
+    with torch.no_grad():
+        out, ref = blk(x, 12, 20), naive.block(blk, x, 12, 20)
+    assert decisions == [temperature == 0.0]
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 1e-4 * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("chunk", ["default", "small"])
 @pytest.mark.parametrize("kwargs", [{"num_heads": 2}, {"num_heads": 4, "pool_size": None, "sr_ratio": 4}])
-def test_neck_block_equals_naive_with_gradients(kwargs):
+def test_neck_block_equals_naive_with_gradients(kwargs, chunk, monkeypatch):
+    if chunk == "small":
+        monkeypatch.setattr(T, "_CHUNK_ELEMENTS", 1)
     torch.manual_seed(0)
     blk = _perturb(T.TransNeXtBlock(64, **kwargs)).train()
     x = torch.randn(2, 64, 13, 19)

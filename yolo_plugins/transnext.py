@@ -56,7 +56,9 @@ __all__ = [
     "TransNeXtBlock",
     "checkpoint_filter_fn",
     "cpb_geometry",
+    "gather_bias",
     "local_geometry",
+    "strided_bias",
 ]
 
 
@@ -101,15 +103,13 @@ def cpb_geometry(
     Returns:
         ``coords_h`` (Uh,) and ``coords_w`` (Uw,): the distinct log-spaced relative coordinates per axis; the official
         table of distinct (dh, dw) pairs is their product (row ``a * Uw + b`` = ``(coords_h[a], coords_w[b])``), because
-        query/key rows and columns vary independently. ``index_h`` (H, 1, pH, 1) and ``index_w`` (1, W, 1, pW): the bias
-        of query (y, x) and key (i, j) is row ``index_h[y, 0, i, 0] + index_w[0, x, 0, j]`` of the table.
+        query/key rows and columns vary independently. ``index_h`` (H, pH) and ``index_w`` (W, pW), int64: the bias
+        of query (y, x) and key (i, j) is ``table[index_h[y, i], index_w[x, j]]``.
     """
     with torch.inference_mode(False), torch.no_grad():  # never cache inference tensors (they break later training)
         ch, ih = _axis_table(size[0], pool[0], ref[0])
         cw, iw = _axis_table(size[1], pool[1], ref[1])
-        index_h = (ih * len(cw)).view(size[0], 1, pool[0], 1)
-        index_w = iw.view(1, size[1], 1, pool[1])
-        return ch.to(device), cw.to(device), index_h.to(device), index_w.to(device)
+        return ch.to(device), cw.to(device), ih.to(device), iw.to(device)
 
 
 @lru_cache(maxsize=64)
@@ -138,23 +138,12 @@ def _log_length(n: int, device: torch.device) -> torch.Tensor:
 def clear_caches() -> None:
     """Drop every cached size-dependent table (e.g. to free memory after inference at many sizes)."""
     cpb_geometry.cache_clear()
-    _flat_index.cache_clear()
     local_geometry.cache_clear()
     _log_length.cache_clear()
 
 
-@lru_cache(maxsize=16)  # the largest tables: 40 MB for stage 1 at 640x640; 16 = four sizes of a 4-stage backbone
-def _flat_index(
-    size: tuple[int, int], pool: tuple[int, int], ref: tuple[int, int], device: torch.device
-) -> torch.Tensor:
-    """Row of the bias table for every (query, key) pair, flattened (H*W*pH*pW,), int32 (cached per arguments)."""
-    _, _, index_h, index_w = cpb_geometry(size, pool, ref, device)
-    with torch.inference_mode(False), torch.no_grad():
-        return (index_h + index_w).to(torch.int32).view(-1)
-
-
 def _cpb_mlp(fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: torch.Tensor) -> torch.Tensor:
-    """The bias MLP on every (dh, dw) pair of the product table: (Uh,), (Uw,) -> (heads, Uh * Uw).
+    """The bias MLP on every (dh, dw) pair of the product table: (Uh,), (Uw,) -> (heads, Uh, Uw).
 
     fc1 is linear in (dh, dw), so it is split per axis; the (Uh * Uw, 512) hidden layer is then built and reduced by fc2
     in slices of a few MB (the unsliced hidden layer is ~200 MB for stage 1 at 640x640 and dominated the runtime).
@@ -164,7 +153,7 @@ def _cpb_mlp(fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: t
     b = coords_w.to(w1.dtype)[:, None] * w1[:, 1]  # (Uw, hidden)
     rows = max(1, (1 << 20) // (b.shape[0] * b.shape[1]))
     out = [fc2((a[r : r + rows, None] + b).relu_()) for r in range(0, a.shape[0], rows)]  # (rows, Uw, heads) each
-    return torch.cat(out, 0).flatten(0, 1).t()
+    return torch.cat(out, 0).permute(2, 0, 1).contiguous()  # (heads, Uh, Uw)
 
 
 class _BiasCache:
@@ -204,9 +193,13 @@ class _BiasCache:
         self.key, self.weights, self.value = key, [p.detach().clone() for p in params], value
 
 
-def _continuous_bias(module: nn.Module, size, pool, device) -> torch.Tensor:
-    """Continuous relative position bias of ``module`` (has cpb_fc1/cpb_fc2/pretrain_size): (heads, H*W, pH*pW)."""
-    ch, cw, _, _ = cpb_geometry(size, pool, module.pretrain_size, device)
+def _bias_table(module: nn.Module, size, pool, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Continuous relative position bias of ``module`` (has cpb_fc1/cpb_fc2/pretrain_size) in gather form.
+
+    Returns the table of distinct values (heads, Uh, Uw) and the indices ``index_h`` (H, pH), ``index_w`` (W, pW):
+    the bias of query (y, x) and key (i, j) is ``table[:, index_h[y, i], index_w[x, j]]`` (see :func:`gather_bias`).
+    """
+    ch, cw, index_h, index_w = cpb_geometry(size, pool, module.pretrain_size, device)
     dtype = _autocast_dtype(device)
     params = [module.cpb_fc1.weight, module.cpb_fc1.bias, module.cpb_fc2.weight, module.cpb_fc2.bias]
     key = (size, pool, device, dtype)
@@ -214,11 +207,86 @@ def _continuous_bias(module: nn.Module, size, pool, device) -> torch.Tensor:
     use_cache = _BiasCache.active(module)
     t = cache.get(key, params) if use_cache else None
     if t is None:
-        t = _cpb_mlp(module.cpb_fc1, module.cpb_fc2, ch, cw)  # (heads, Uh*Uw)
+        t = _cpb_mlp(module.cpb_fc1, module.cpb_fc2, ch, cw)
         if use_cache:
             cache.put(key, params, t)
-    bias = t.index_select(1, _flat_index(size, pool, module.pretrain_size, device))
-    return bias.view(t.shape[0], size[0] * size[1], pool[0] * pool[1])
+    return t, index_h, index_w
+
+
+def gather_bias(table: torch.Tensor, index_h: torch.Tensor, index_w: torch.Tensor, y0: int, y1: int) -> torch.Tensor:
+    """Bias of the queries in map rows ``y0:y1`` against every key: (heads, (y1 - y0) * W, pH * pW).
+
+    Without autograd the rows of the table each query row needs are selected first (small), then gathered per key
+    column with a small broadcast index, so no index as large as the output exists. With autograd a flat index of the
+    chunk is used instead, so the backward pass scatters into the (heads, Uh * Uw) table directly.
+    """
+    heads, _, uw = table.shape
+    r, (W, pw), ph = y1 - y0, index_w.shape, index_h.shape[1]
+    if torch.is_grad_enabled() and table.requires_grad:
+        flat = (index_h[y0:y1, None, :, None] * uw + index_w[None, :, None, :]).reshape(1, -1)
+        return table.reshape(heads, -1).gather(1, flat.expand(heads, -1)).view(heads, r * W, ph * pw)
+    rows = table.index_select(1, index_h[y0:y1].reshape(-1)).view(heads, r, 1, ph, uw)
+    cols = index_w.view(1, 1, W, 1, pw).expand(heads, r, W, ph, pw)
+    return rows.expand(heads, r, W, ph, uw).gather(-1, cols).view(heads, r * W, ph * pw)
+
+
+def strided_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int]) -> torch.Tensor | None:
+    """The pooled-path bias as a strided view of the table, keys in reversed order: (heads, H, W, pH, pW), or None.
+
+    When pooling is uniform (H = k_h * pH and W = k_w * pW) the distinct relative coordinates of query row y and the
+    *reversed* pooled row i' = pH - 1 - i have index ``y + i' * k_h`` (likewise for columns), so the bias of every
+    (query, reversed key) pair is ``table[:, y + i' * k_h, x + j' * k_w]``: a view, no gather. Attention does not
+    depend on key order, so the caller reverses its pooled keys and values instead. Returns None for non-uniform
+    pooling (sizes not divisible by the pooled size), where :func:`gather_bias` is used.
+    """
+    (H, W), (ph, pw) = size, pool
+    if H % ph or W % pw:
+        return None
+    kh, kw = H // ph, W // pw
+    heads, uh, uw = table.shape
+    if (uh, uw) != (H + (ph - 1) * kh, W + (pw - 1) * kw):  # the count of distinct coordinates for uniform pooling
+        return None
+    t = table.contiguous()
+    return t.as_strided((heads, H, W, ph, pw), (uh * uw, uw, 1, kh * uw, kw))
+
+
+def _exp_is_safe(q: torch.Tensor, table: torch.Tensor, local_bias: torch.Tensor, limit: float = 60.0) -> bool:
+    """True when exp() of every similarity is finite and normal without the max shift (CPU, float32/bfloat16 only).
+
+    Keys are unit vectors, so each similarity is bounded by |q| + |bias|; with the bound under ``limit`` (< 88, where
+    float32 exp overflows) softmax needs no shift, and the skipped max/subtract passes cost as much as the exp itself.
+    """
+    if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16) or _grad_or_graph(table):
+        return False
+    with torch.no_grad():
+        bias = torch.maximum(table.detach().abs().amax(), local_bias.detach().abs().amax())
+        return bool(q.detach().norm(dim=-1).amax() + bias < limit)
+
+
+def _grad_or_graph(table: torch.Tensor) -> bool:
+    """True when autograd, tracing, export or compilation is active: use plain gathers then (no strided views)."""
+    return (
+        (torch.is_grad_enabled() and table.requires_grad)
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or getattr(torch.compiler, "is_compiling", lambda: False)()
+    )
+
+
+def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int) -> int:
+    """Map rows per chunk of the pooled attention, so its (B, h, rows * W, P) similarities stay cache-sized.
+
+    All rows at once when tracing/exporting/compiling, so graphs stay small (the result is the same).
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return size[0]
+    if getattr(torch.compiler, "is_compiling", lambda: False)():
+        return size[0]
+    return max(1, min(size[0], _CHUNK_ELEMENTS // max(1, batch * heads * size[1] * p)))
+
+
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -305,8 +373,12 @@ class ConvolutionalGLU(nn.Module):
         # so the depthwise conv reads the first one as a channels-last map without a copy
         (w1, w2), (b1, b2) = self.fc1.weight.chunk(2), self.fc1.bias.chunk(2)
         x, v = F.linear(x, w1, b1), F.linear(x, w2, b2)
-        x = self.drop(self.act(self.dwconv(x, H, W)) * v)
-        return self.drop(self.fc2(x))
+        x = self.dwconv(x, H, W)
+        if torch.is_grad_enabled() or type(self.act) is not nn.GELU:
+            x = self.act(x) * v
+        else:  # inference: in place, two fewer large buffers
+            x = torch.ops.aten.gelu_(x, approximate=self.act.approximate).mul_(v)
+        return self.drop(self.fc2(self.drop(x)))
 
 
 def _init_temperature(num_heads: int) -> nn.Parameter:
@@ -410,28 +482,59 @@ class AggregatedAttention(nn.Module):
 
         # pooled keys/values: sr (1x1 conv as a linear layer) -> GELU -> adaptive avg pool -> LayerNorm -> kv
         x_ = self.act(F.linear(x, self.sr.weight.view(C, C), self.sr.bias))
-        x_ = F.adaptive_avg_pool2d(x_.view(B, H, W, C).permute(0, 3, 1, 2), pool).flatten(2).transpose(1, 2)
-        kv_pool = self.kv(self.norm(x_)).view(B, P, 2, h, d).permute(2, 0, 3, 1, 4)  # (2, B, h, P, d)
-        k_pool, v_pool = F.normalize(kv_pool[0], dim=-1), kv_pool[1]
-        pool_bias = _continuous_bias(self, (H, W), pool, x.device)
-        attn_pool = _bias_matmul(pool_bias, q_scaled.transpose(1, 2), k_pool.transpose(-2, -1))  # (B, h, N, P)
+        table, index_h, index_w = _bias_table(self, (H, W), pool, x.device)
+        view = None if _grad_or_graph(table) else strided_bias(table, (H, W), pool)  # (h, H, W, pH, pW), keys reversed
+        x_ = F.adaptive_avg_pool2d(x_.view(B, H, W, C).permute(0, 3, 1, 2), pool)
+        if view is not None:
+            x_ = x_.flip(-2, -1)
+        kv_pool = self.kv(self.norm(x_.flatten(2).transpose(1, 2))).view(B, P, 2, h, d).permute(2, 0, 3, 1, 4)
+        k_pool, v_pool = F.normalize(kv_pool[0].contiguous(), dim=-1), kv_pool[1].contiguous()  # (B, h, P, d)
 
-        # one softmax over local + pooled similarities, computed in place on the large pooled part: the maximum is a
-        # constant shift (detached), exp in place, and the normalisation is applied after aggregating the values
-        shift = torch.maximum(attn_pool.detach().amax(-1, keepdim=True), attn_local.detach().amax(-1, keepdim=True))
-        e_pool = attn_pool.sub_(shift).exp_()
-        e_local = (attn_local - shift).exp()
-        inv_z = 1.0 / (e_pool.sum(-1, keepdim=True) + e_local.sum(-1, keepdim=True))  # (B, h, N, 1)
-        if self.training and self.attn_drop.p > 0:
-            e_pool, e_local = self.attn_drop(e_pool), self.attn_drop(e_local)
+        # One softmax over local + pooled similarities. The pooled part (B, h, N, P) is the only large tensor, so it is
+        # processed in chunks of query rows that stay in cache: add the bias to the GEMM output, exp in place (shifted
+        # by the row maximum, a detached constant, unless no similarity can overflow), then one GEMM with
+        # [values | 1] aggregates the values and sums the row; normalisation is applied after aggregating.
+        q_heads = q_scaled.transpose(1, 2).contiguous()  # (B, h, N, d)
+        k_t = k_pool.transpose(-2, -1)  # (B, h, d, P), a transposed view: the faster GEMM layout here
+        v_one = F.pad(v_pool, (0, 1), value=1.0)  # (B, h, P, d + 1)
+        no_shift = _exp_is_safe(q_heads, table, self.relative_pos_bias_local)
+        local_max = None if no_shift else attn_local.detach().amax(-1, keepdim=True)
+        drop = self.training and self.attn_drop.p > 0
+        rows = _query_rows(B, h, (H, W), P)
+        x_pool, w_soft = [], []
+        for y0 in range(0, H, rows):
+            y1 = min(H, y0 + rows)
+            n0, n1 = y0 * W, y1 * W
+            if view is None:
+                a = _bias_matmul(gather_bias(table, index_h, index_w, y0, y1), q_heads[:, :, n0:n1], k_t)
+            else:
+                a = q_heads[:, :, n0:n1] @ k_t  # (B, h, n, P)
+                a.view(B, h, y1 - y0, W, *pool).add_(view[:, y0:y1])
+            if no_shift:
+                e_pool, e_local = a.exp_(), attn_local[:, :, n0:n1].exp()
+            else:
+                shift = torch.maximum(a.detach().amax(-1, keepdim=True), local_max[:, :, n0:n1])
+                e_pool = a.sub_(shift).exp_()
+                e_local = (attn_local[:, :, n0:n1] - shift).exp()
+            if drop:  # normalise with the weights before dropout
+                z = e_pool.sum(-1, keepdim=True)
+                e_pool, e_local = self.attn_drop(e_pool), self.attn_drop(e_local)
+                out = e_pool @ v_pool
+            else:
+                out, z = (e_pool @ v_one).split((d, 1), dim=-1)
+            inv_z = 1.0 / (z + e_local.sum(-1, keepdim=True))  # (B, h, n, 1)
+            x_pool.append(out * inv_z)
+            w_soft.append(e_local * inv_z)
+        x_pool = x_pool[0] if len(x_pool) == 1 else torch.cat(x_pool, 2)  # (B, h, N, d)
+        w_soft = w_soft[0] if len(w_soft) == 1 else torch.cat(w_soft, 2)  # (B, h, N, L)
 
         # local aggregation with query-learnable tokens + bias added to the attention weights
-        w_local = q_norm.transpose(1, 2) @ self.learnable_tokens + self.learnable_bias + e_local * inv_z
+        w_local = q_norm.transpose(1, 2) @ self.learnable_tokens + self.learnable_bias + w_soft
         w_local = w_local.transpose(1, 2).reshape(B, H, W, h, L, 1)
         x_local = w_local[..., 0, :] * v_pad[:, 0:H, 0:W]
         for n, (i, j) in enumerate(shifts[1:], start=1):
             x_local = x_local.addcmul(w_local[..., n, :], v_pad[:, i : i + H, j : j + W])
-        x = x_local.view(B, N, h, d) + ((e_pool @ v_pool) * inv_z).transpose(1, 2)
+        x = x_local.view(B, N, h, d) + x_pool.transpose(1, 2)
         return self.proj_drop(self.proj(x.reshape(B, N, C)))
 
     def extra_repr(self) -> str:
@@ -480,7 +583,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        bias = _continuous_bias(self, (H, W), (H, W), x.device)
+        bias = gather_bias(*_bias_table(self, (H, W), (H, W), x.device), 0, H)  # (h, N, N)
         scale = F.softplus(self.temperature) * _log_length(N, x.device)
         q = (F.normalize(q, dim=-1) + self.query_embedding) * scale
         attn = _bias_matmul(bias, q, F.normalize(k, dim=-1).transpose(-2, -1)).softmax(dim=-1)
