@@ -18,6 +18,9 @@ from yolo_plugins import Backbone, FeatureInfo, register_module, unregister_modu
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = ROOT / "model_yamls"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker process, not 2 x 2 on two cores
+    torch.set_num_threads(1)
+
 
 class ToyBackbone(Backbone):
     """Four strided convs: features at strides 4/8/16/32 with the variant's channels."""

@@ -118,6 +118,50 @@ def test_checkpoint_reloads_in_fresh_process(ca_yaml, tmp_path):
 
 
 @pytest.mark.slow
+def test_restricted_loading_allows_plugin_checkpoints(tmp_path):
+    """ULTRALYTICS_SAFE_LOAD=1 (weights_only unpickling against an allow-list) loads plugin checkpoints while the
+    plugin is registered, and refuses them again after unregister()."""
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    model = YOLO(str(YAMLS / "yolov8n-transnext.yaml"))  # backbone feature info and never-pickled caches inside
+    ckpt = tmp_path / "best.pt"
+    model.save(ckpt)
+    x = torch.rand(1, 3, 64, 96)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = YOLO(str(ckpt)).model.float().eval()(x)[0]
+    env = {**ENV, "ULTRALYTICS_SAFE_LOAD": "1"}
+    run(
+        f"""
+        import torch
+        from ultralytics import YOLO
+        m = YOLO({str(ckpt)!r}).model.float().eval()
+        with torch.no_grad():
+            torch.save(m(torch.load({str(tmp_path / "x.pt")!r}))[0], {str(tmp_path / "y.pt")!r})
+        """,
+        tmp_path,
+        env=env,
+    )
+    # same weights; only the thread count differs from this process (GEMM summation order)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-3, rtol=1e-5)
+    out = run(
+        f"""
+        import yolo_plugins
+        from ultralytics import YOLO
+        yolo_plugins.unregister()
+        try:
+            YOLO({str(ckpt)!r})
+        except Exception as e:
+            print("REFUSED", type(e).__name__)
+        """,
+        tmp_path,
+        env=env,
+    )
+    assert "REFUSED" in out
+
+
+@pytest.mark.slow
 def test_ddp_worker_script_builds_plugin_model(ca_yaml, tmp_path):
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.dist import generate_ddp_file

@@ -159,3 +159,6 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None, **kwarg
         f"unknown backbone '{name}'. Known: {', '.join(list_backbones())}."
         + (f" Did you mean {', '.join(repr(c) for c in close)}?" if close else "")
     )
+
+
+__safe_globals__ = (FeatureInfo,)  # plain data pickled with models: allowed under ULTRALYTICS_SAFE_LOAD=1

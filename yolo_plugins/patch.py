@@ -131,6 +131,8 @@ def inject(entry: Entry) -> None:
             )
         _INJECTED[entry.name] = _builder(entry)
         setattr(tasks, entry.name, _INJECTED[entry.name])
+        if _ORIGINALS:  # registered after register(): allow-list its classes too
+            _allow_listed(True)
 
 
 def eject(entry: Entry) -> None:
@@ -445,6 +447,48 @@ def _fuse(self, *args, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------------ (un)registration
+def _safe_globals() -> dict[str, type]:
+    """Classes a pickled plugin model references: every nn.Module subclass defined in a module that defines a
+    registered class (plugin families, user modules) and the small data classes such modules list in
+    ``__safe_globals__`` (feature info, never-pickled caches). Keyed like Ultralytics' allow-list: "module.Name"."""
+    out = {}
+    for mod_name in {e.cls.__module__ for e in REGISTRY.values()} | {"yolo_plugins.backbone"}:
+        mod = sys.modules.get(mod_name)
+        if mod is None:
+            continue
+        extra = tuple(getattr(mod, "__safe_globals__", ()))
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and obj.__module__ == mod_name and (issubclass(obj, nn.Module) or obj in extra):
+                out[f"{mod_name}.{obj.__qualname__}"] = obj
+    return out
+
+
+def _safe_load_class():
+    """Ultralytics' restricted-loading allow-list holder (``ULTRALYTICS_SAFE_LOAD=1``), or None on releases without it."""
+    cls = getattr(_tasks(), "_SafeLoad", None)
+    return cls if isinstance(getattr(cls, "__dict__", {}).get("_build"), classmethod) else None
+
+
+def _safe_build(cls):
+    registry = _ORIGINALS["safe_build"].__func__(cls)
+    registry.update(_safe_globals())
+    return registry
+
+
+def _allow_listed(on: bool) -> None:
+    """Add (or remove) the plugin classes to the allow-list of Ultralytics' restricted checkpoint loading."""
+    safe = _safe_load_class()
+    if safe is None:
+        return
+    if safe._registry is not None:  # already built in this process: update it in place
+        with safe._lock:
+            for name, obj in _safe_globals().items():
+                if on:
+                    safe._registry[name] = obj
+                else:
+                    safe._registry.pop(name, None)
+
+
 def is_registered() -> bool:
     """Whether the patch is active."""
     return bool(_ORIGINALS)
@@ -469,8 +513,13 @@ def register() -> None:
         tasks.parse_model = _parse_model
         tasks.initialize_weights = _initialize_weights
         tasks.BaseModel.fuse = _fuse
+        safe = _safe_load_class()
+        if safe is not None:
+            _ORIGINALS["safe_build"] = safe.__dict__["_build"]
+            safe._build = classmethod(_safe_build)
         for entry in REGISTRY.values():
             inject(entry)
+        _allow_listed(True)
 
 
 def unregister() -> None:
@@ -484,4 +533,7 @@ def unregister() -> None:
         tasks.parse_model = _ORIGINALS.pop("parse_model")
         tasks.initialize_weights = _ORIGINALS.pop("initialize_weights")
         tasks.BaseModel.fuse = _ORIGINALS.pop("fuse")
+        _allow_listed(False)
+        if "safe_build" in _ORIGINALS:
+            _safe_load_class()._build = _ORIGINALS.pop("safe_build")
         _ORIGINALS.clear()

@@ -21,11 +21,14 @@ Implementation differences (same math, checked against the official code and ``t
 everything that depends only on the input size (relative-coordinate tables and their indices, the window padding mask,
 the length scale) is computed once per (size, device) without ``torch.unique`` and cached (``clear_caches()`` frees
 them); the 3x3 window is read as nine shifted views of a padded key/value map instead of ``nn.Unfold`` + batched 1x9
-matmuls; the shared softmax is computed in place on the pooled similarities (the bias is gathered into the GEMM
-output) and normalised after aggregating the values; the bias MLP is split per axis and sliced, and in inference
-(eval, no grad) its small output is cached per module until its weights change; the sr 1x1 conv runs as a linear
-layer on tokens. Inputs of any size work: a pooled size that would be 0 (maps smaller than ``sr``) is clamped to 1,
-where the official code fails.
+matmuls; the bias MLP is split per axis and sliced, and in inference (eval, no grad) its small output is cached per
+module until its weights change; the sr 1x1 conv runs as a linear layer on tokens. The large (B, heads, N, P)
+pooled similarities are never materialised whole: chunks of query rows that stay in cache get their bias, the shared
+softmax (exp in place, shifted by the row maximum only when a bound says exp could overflow) and one GEMM with
+[values | 1] that aggregates and sums at once. In inference with uniform pooling (map sizes divisible by the pooled
+size, e.g. any multiple of 32 as input) the bias is a strided view of the small table of distinct values, with the
+pooled keys in reversed order, so no gather at all. Inputs of any size work: a pooled size that would be 0 (maps
+smaller than ``sr``) is clamped to 1, where the official code fails.
 """
 
 from __future__ import annotations
@@ -948,3 +951,6 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
             continue
         out[k] = v
     return out
+
+
+__safe_globals__ = (_BiasCache,)  # plain data pickled with models: allowed under ULTRALYTICS_SAFE_LOAD=1

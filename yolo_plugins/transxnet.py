@@ -783,3 +783,6 @@ class TransXNet(Backbone):
                 if key in own and key not in out:
                     out[key] = torch.full_like(own[key], fill)
         return out
+
+
+__safe_globals__ = (_ResizeCache,)  # plain data pickled with models: allowed under ULTRALYTICS_SAFE_LOAD=1
