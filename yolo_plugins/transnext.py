@@ -24,8 +24,8 @@ them); the 3x3 window is read as nine shifted views of a padded key/value map in
 matmuls; the bias MLP is split per axis and sliced, and in inference (eval, no grad) its small output is cached per
 module until its weights change; the sr 1x1 conv runs as a linear layer on tokens. The large (B, heads, N, P)
 pooled similarities are never materialised whole: chunks of query rows that stay in cache get their bias, the shared
-softmax (exp in place, shifted by the row maximum only when a bound says exp could overflow) and one GEMM with
-[values | 1] that aggregates and sums at once. In inference with uniform pooling (map sizes divisible by the pooled
+softmax (exp in place, shifted by the row maximum only when a bound says exp could overflow, normalised after the
+values are aggregated). In inference with uniform pooling (map sizes divisible by the pooled
 size, e.g. any multiple of 32 as input) the bias is a strided view of the small table of distinct values, with the
 pooled keys in reversed order, so no gather at all. Inputs of any size work: a pooled size that would be 0 (maps
 smaller than ``sr``) is clamped to 1, where the official code fails.
@@ -495,11 +495,10 @@ class AggregatedAttention(nn.Module):
 
         # One softmax over local + pooled similarities. The pooled part (B, h, N, P) is the only large tensor, so it is
         # processed in chunks of query rows that stay in cache: add the bias to the GEMM output, exp in place (shifted
-        # by the row maximum, a detached constant, unless no similarity can overflow), then one GEMM with
-        # [values | 1] aggregates the values and sums the row; normalisation is applied after aggregating.
+        # by the row maximum, a detached constant, unless no similarity can overflow), sum, aggregate the values;
+        # normalisation is applied after aggregating.
         q_heads = q_scaled.transpose(1, 2).contiguous()  # (B, h, N, d)
         k_t = k_pool.transpose(-2, -1)  # (B, h, d, P), a transposed view: the faster GEMM layout here
-        v_one = F.pad(v_pool, (0, 1), value=1.0)  # (B, h, P, d + 1)
         no_shift = _exp_is_safe(q_heads, table, self.relative_pos_bias_local)
         local_max = None if no_shift else attn_local.detach().amax(-1, keepdim=True)
         drop = self.training and self.attn_drop.p > 0
@@ -519,12 +518,10 @@ class AggregatedAttention(nn.Module):
                 shift = torch.maximum(a.detach().amax(-1, keepdim=True), local_max[:, :, n0:n1])
                 e_pool = a.sub_(shift).exp_()
                 e_local = (attn_local[:, :, n0:n1] - shift).exp()
-            if drop:  # normalise with the weights before dropout
-                z = e_pool.sum(-1, keepdim=True)
+            z = e_pool.sum(-1, keepdim=True)  # normalise with the weights before dropout
+            if drop:
                 e_pool, e_local = self.attn_drop(e_pool), self.attn_drop(e_local)
-                out = e_pool @ v_pool
-            else:
-                out, z = (e_pool @ v_one).split((d, 1), dim=-1)
+            out = e_pool @ v_pool
             inv_z = 1.0 / (z + e_local.sum(-1, keepdim=True))  # (B, h, n, 1)
             x_pool.append(out * inv_z)
             w_soft.append(e_local * inv_z)
