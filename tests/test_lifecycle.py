@@ -18,6 +18,16 @@ from ultralytics.utils import ASSETS
 
 IMGSZ = 64
 ALL_YAMLS = sorted(p.name for p in YAMLS.glob("*.yaml"))
+# `pytest -n 2 --dist loadgroup`: the YAMLs split into two groups of similar cost, each trained once in its worker
+GROUPS = {"lifecycle-a": ("transnext", "repvit"), "lifecycle-b": ("transxnet", "ca")}
+
+
+def group_of(name: str) -> str:
+    return next((g for g, fams in GROUPS.items() if any(name.endswith(f"-{f}.yaml") for f in fams)), "lifecycle-b")
+
+
+def grouped(names):
+    return [pytest.param(n, marks=pytest.mark.xdist_group(group_of(n))) for n in names]
 
 
 def scaled_name(name: str) -> str:
@@ -66,7 +76,7 @@ def trained(data, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ALL_YAMLS)
+@pytest.mark.parametrize("name", grouped(ALL_YAMLS))
 def test_train_val_predict_export(name, trained, data):
     from ultralytics import YOLO
 
@@ -99,13 +109,14 @@ def test_train_val_predict_export(name, trained, data):
 
 
 @pytest.mark.slow
-def test_best_pt_reloads_in_fresh_process(trained, tmp_path):
-    """One fresh interpreter (only `from ultralytics import YOLO`) reloads every best.pt: same predictions."""
+@pytest.mark.parametrize("group", [pytest.param(g, marks=pytest.mark.xdist_group(g)) for g in GROUPS])
+def test_best_pt_reloads_in_fresh_process(group, trained, tmp_path):
+    """A fresh interpreter (only `from ultralytics import YOLO`) reloads every best.pt: same predictions."""
     from ultralytics import YOLO
 
     x = torch.rand(1, 3, IMGSZ, IMGSZ)
     torch.save(x, tmp_path / "x.pt")
-    paths = [str(trained(n)) for n in ALL_YAMLS]
+    paths = [str(trained(n)) for n in ALL_YAMLS if group_of(n) == group]
     expected = {}
     for p in paths:
         net = YOLO(p).model.float().eval()
