@@ -131,7 +131,7 @@ def inject(entry: Entry) -> None:
             )
         _INJECTED[entry.name] = _builder(entry)
         setattr(tasks, entry.name, _INJECTED[entry.name])
-        if _ORIGINALS:  # registered after register(): allow-list its classes too
+        if _ORIGINALS:  # registered: allow-list its classes for restricted loading too
             _allow_listed(True)
 
 
@@ -518,8 +518,7 @@ def register() -> None:
             _ORIGINALS["safe_build"] = safe.__dict__["_build"]
             safe._build = classmethod(_safe_build)
         for entry in REGISTRY.values():
-            inject(entry)
-        _allow_listed(True)
+            inject(entry)  # also allow-lists its classes for restricted loading
 
 
 def unregister() -> None:

@@ -178,14 +178,7 @@ class _BiasCache:
 
     @staticmethod
     def active(module: nn.Module) -> bool:
-        return not (
-            module.training
-            or torch.is_grad_enabled()
-            or torch.jit.is_tracing()
-            or torch.jit.is_scripting()
-            or getattr(torch.compiler, "is_compiling", lambda: False)()
-            or torch.onnx.is_in_onnx_export()
-        )
+        return not (module.training or torch.is_grad_enabled() or _building_graph())
 
     def get(self, key: tuple, params: list[torch.Tensor]) -> torch.Tensor | None:
         if self.key == key and all(torch.equal(p, q) for p, q in zip(params, self.weights)):
@@ -266,15 +259,19 @@ def _exp_is_safe(q: torch.Tensor, table: torch.Tensor, local_bias: torch.Tensor,
         return bool(q.detach().norm(dim=-1).amax() + bias < limit)
 
 
-def _grad_or_graph(table: torch.Tensor) -> bool:
-    """True when autograd, tracing, export or compilation is active: use plain gathers then (no strided views)."""
+def _building_graph() -> bool:
+    """True while tracing, scripting, exporting to ONNX or compiling: no caches, views or data-dependent branches."""
     return (
-        (torch.is_grad_enabled() and table.requires_grad)
-        or torch.jit.is_tracing()
+        torch.jit.is_tracing()
         or torch.jit.is_scripting()
         or torch.onnx.is_in_onnx_export()
         or getattr(torch.compiler, "is_compiling", lambda: False)()
     )
+
+
+def _grad_or_graph(table: torch.Tensor) -> bool:
+    """True when autograd, tracing, export or compilation is active: use plain gathers then (no strided views)."""
+    return (torch.is_grad_enabled() and table.requires_grad) or _building_graph()
 
 
 def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int) -> int:
@@ -282,9 +279,7 @@ def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int) -> int:
 
     All rows at once when tracing/exporting/compiling, so graphs stay small (the result is the same).
     """
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
-        return size[0]
-    if getattr(torch.compiler, "is_compiling", lambda: False)():
+    if _building_graph():
         return size[0]
     return max(1, min(size[0], _CHUNK_ELEMENTS // max(1, batch * heads * size[1] * p)))
 
