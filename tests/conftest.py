@@ -116,3 +116,20 @@ def toy_yaml(head_extra=None, backbone=None, scale="n") -> dict:
 def seeded(fn, seed=0):
     torch.manual_seed(seed)
     return fn()
+
+
+def detection_train_step(model: nn.Module, imgsz: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Ultralytics detection loss + backward on a generated batch of two images; returns (loss, loss items)."""
+    from ultralytics.cfg import get_cfg
+
+    model.args = get_cfg()
+    model.train()
+    batch = {
+        "img": torch.rand(2, 3, imgsz, imgsz),
+        "batch_idx": torch.tensor([0.0, 1.0, 1.0]),
+        "cls": torch.tensor([[0.0], [1.0], [0.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.4, 0.6, 0.2, 0.2], [0.7, 0.3, 0.25, 0.3]]),
+    }
+    loss, items = model.loss(batch)
+    loss.sum().backward()
+    return loss, items

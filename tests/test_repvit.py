@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import detection_train_step
 from torch import nn
 
 import yolo_plugins
@@ -303,22 +304,12 @@ def test_yaml_builds_and_runs(name, registered):
 
 
 def test_yaml_training_step(registered):
-    from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
     torch.manual_seed(4)
     model = DetectionModel(str(ROOT / "model_yamls" / "yolov8n-repvit.yaml"), nc=2, verbose=False)
-    model.args = get_cfg()
-    model.train()
-    batch = {
-        "img": torch.rand(2, 3, 128, 128),
-        "batch_idx": torch.tensor([0.0, 1.0, 1.0]),
-        "cls": torch.tensor([[0.0], [1.0], [0.0]]),
-        "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.4, 0.6, 0.2, 0.2], [0.7, 0.3, 0.25, 0.3]]),
-    }
-    loss, items = model.loss(batch)
+    loss, items = detection_train_step(model, imgsz=128)
     assert torch.isfinite(loss).all() and len(items) == 3  # box, cls, dfl
-    loss.sum().backward()
     bb = model.model[0]
     grads = [bb.features[1].token_mixer[0].conv.c.weight.grad, bb.features[-1].channel_mixer.m[2].bn.weight.grad]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import detection_train_step
 
 import yolo_plugins
 import yolo_plugins.transnext as T
@@ -401,16 +402,5 @@ def test_yaml_full_size_and_train_step():
         for hw in [(640, 640), (480, 640)]:
             preds = model(torch.zeros(1, 3, *hw))[0]
             assert preds.shape == (1, 84, sum((hw[0] // s) * (hw[1] // s) for s in (8, 16, 32)))
-    from ultralytics.cfg import get_cfg
-
-    model.args = get_cfg()
-    model.train()
-    batch = {
-        "img": torch.rand(2, 3, 64, 64),
-        "batch_idx": torch.tensor([0.0, 1.0]),
-        "cls": torch.tensor([[1.0], [3.0]]),
-        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.6, 0.2, 0.2]]),
-    }
-    loss, _ = model.loss(batch)
-    loss.sum().backward()
+    detection_train_step(model)
     assert model.model[0].patch_embed1.proj.weight.grad is not None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import detection_train_step
 from oracles.transxnet_naive import naive_block, naive_forward
 from torch import nn
 
@@ -312,20 +313,6 @@ def test_yolov8_yaml_640_and_train_step():
         for h, w in ((640, 640), (640, 480)):
             y = model(torch.zeros(1, 3, h, w))[0]
             assert y.shape == (1, 84, sum((h // s) * (w // s) for s in (8, 16, 32)))
-    # one training step on a synthetic batch
-    from types import SimpleNamespace
-
-    from ultralytics.cfg import get_cfg
-
-    model.args = SimpleNamespace(**vars(get_cfg()))
-    model.train()
-    batch = {
-        "img": torch.rand(2, 3, 64, 64),
-        "batch_idx": torch.tensor([0.0, 1.0]),
-        "cls": torch.tensor([[1.0], [3.0]]),
-        "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.4, 0.6, 0.2, 0.2]]),
-    }
-    loss, _items = model.loss(batch)
-    loss.sum().backward()
+    loss, _ = detection_train_step(model)  # one training step on a synthetic batch
     assert torch.isfinite(loss).all()
     assert model.model[0].relative_pos_enc[1].grad is not None
