@@ -188,8 +188,9 @@ def test_optimised_equals_naive_backbone():
 @pytest.mark.parametrize("chunk", ["default", "small"])
 @pytest.mark.parametrize("stage,hw", [(1, (16, 24)), (1, (13, 7)), (2, (5, 9)), (3, (4, 6)), (4, (2, 3)), (4, (3, 5))])
 def test_optimised_equals_naive_blocks(stage, hw, chunk, monkeypatch):
-    if chunk == "small":  # many query chunks of 16 rows, the last one partial
+    if chunk == "small":  # one map row per chunk (attention and ConvGLU)
         monkeypatch.setattr(T, "_CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(T, "_CHUNK_ELEMENTS_MLP", 1)
     torch.manual_seed(stage)
     m = _perturb(T.TransNeXt("micro"), seed=stage).eval()
     blk = getattr(m, f"block{stage}")[0]
@@ -214,21 +215,47 @@ def test_strided_bias_only_for_uniform_pooling():
     assert T.strided_bias(table, (13, 7), (6, 3)) is None  # 13 rows do not split evenly into 6 pooling windows
 
 
+@pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("temperature", [0.0, 40.0])
-def test_softmax_with_and_without_max_shift(temperature, monkeypatch):
-    """Small similarities take the unshifted exp path, large ones (a trained-up temperature) the max-shifted one."""
+def test_shared_softmax_paths_against_oracle(temperature, grad, monkeypatch):
+    """CPU inference takes the fused-kernel softmax, autograd the explicit one; both stay exact for similarities that
+    would overflow an unshifted exp (a trained-up temperature)."""
     torch.manual_seed(0)
     blk = _perturb(T.TransNeXt("micro"), seed=3).eval().block1[0]
     with torch.no_grad():
-        blk.attn.temperature.fill_(temperature)  # softplus(40) * log(9 + 4) ~ 100: unshifted exp would overflow
-    decisions, safe = [], T._exp_is_safe
-    monkeypatch.setattr(T, "_exp_is_safe", lambda *a: decisions.append(safe(*a)) or decisions[-1])
-    x = torch.randn(1, 12 * 20, blk.norm1.normalized_shape[0]) * 3
+        blk.attn.temperature.fill_(temperature)  # softplus(40) * log(9 + 4) ~ 100: exp(100) overflows float32
+    calls = {"fused": 0, "explicit": 0}
+    for name, path in (("fused", "_sink_softmax"), ("explicit", "_shared_softmax")):
+        fn = getattr(T, path)
+        monkeypatch.setattr(T, path, lambda *a, _fn=fn, _n=name: calls.__setitem__(_n, calls[_n] + 1) or _fn(*a))
+    x = torch.randn(2, 12 * 20, blk.norm1.normalized_shape[0]) * 3
+    with torch.set_grad_enabled(grad):
+        out = blk(x, 12, 20)
     with torch.no_grad():
-        out, ref = blk(x, 12, 20), naive.block(blk, x, 12, 20)
-    assert decisions == [temperature == 0.0]
+        ref = naive.block(blk, x, 12, 20)
+    assert calls == {"fused": 0, "explicit": 1} if grad else {"fused": 1, "explicit": 0}
     assert torch.isfinite(out).all()
     assert (out - ref).abs().max() < 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_sink_softmax_equals_one_softmax():
+    """The sink trick: the fused kernel's softmax over pooled keys + one sink equals softmax over local + pooled."""
+    g = torch.Generator().manual_seed(0)
+    B, h, n, P, d, L = 2, 3, 10, 7, 5, 9
+    q, k, v = (
+        torch.randn(B, h, n, d, generator=g),
+        torch.randn(B, h, P, d, generator=g),
+        torch.randn(B, h, P, d, generator=g),
+    )
+    local, bias = torch.randn(B, h, n, L, generator=g) * 4, torch.randn(h, n, P, generator=g)
+    local[:, :, :3, :4] = float("-inf")  # window positions outside the map
+    buf = torch.zeros(h, n, P + 1)
+    buf[..., :P] = bias
+    with torch.no_grad():
+        x_pool, w_local = T._sink_softmax(q, *T._sink_keys(k, v), local, buf[..., :P])
+    w = torch.cat([local, q @ k.transpose(-2, -1) + bias], -1).softmax(-1)
+    assert (x_pool - w[..., L:] @ v).abs().max() < 1e-5
+    assert (w_local - w[..., :L]).abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("chunk", ["default", "small"])

@@ -23,17 +23,20 @@ the length scale) is computed once per (size, device) without ``torch.unique`` a
 them); the 3x3 window is read as nine shifted views of a padded key/value map instead of ``nn.Unfold`` + batched 1x9
 matmuls; the bias MLP is split per axis and sliced, and in inference (eval, no grad) its small output is cached per
 module until its weights change; the sr 1x1 conv runs as a linear layer on tokens. The large (B, heads, N, P)
-pooled similarities are never materialised whole: chunks of query rows that stay in cache get their bias, the shared
-softmax (exp in place, shifted by the row maximum only when a bound says exp could overflow, normalised after the
-values are aggregated). In inference with uniform pooling (map sizes divisible by the pooled
-size, e.g. any multiple of 32 as input) the bias is a strided view of the small table of distinct values, with the
-pooled keys in reversed order, so no gather at all. Inputs of any size work: a pooled size that would be 0 (maps
+pooled similarities are never materialised whole: attention runs over chunks of query rows that stay in cache. In CPU
+inference the shared local + pooled softmax goes through PyTorch's fused attention kernel, the local similarities
+entering as one extra "sink" key per query (see ``_sink_softmax``); with autograd, export or on other devices it is
+computed explicitly (bias, exp shifted by the row maximum, sum, aggregation, normalised after aggregating). With uniform
+pooling (map sizes divisible by the pooled size, e.g. any multiple of 32 as input) the inference bias is a strided view
+of the small table of distinct values, with the pooled keys in reversed order, so no gather at all. In inference the
+Convolutional GLU also runs in chunks of map rows. Inputs of any size work: a pooled size that would be 0 (maps
 smaller than ``sr``) is clamped to 1, where the official code fails.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -143,6 +146,7 @@ def clear_caches() -> None:
     cpb_geometry.cache_clear()
     local_geometry.cache_clear()
     _log_length.cache_clear()
+    _WORKSPACE.__dict__.pop("buffers", None)
 
 
 def _cpb_mlp(fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: torch.Tensor) -> torch.Tensor:
@@ -246,19 +250,6 @@ def strided_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, in
     return t.as_strided((heads, H, W, ph, pw), (uh * uw, uw, 1, kh * uw, kw))
 
 
-def _exp_is_safe(q: torch.Tensor, table: torch.Tensor, local_bias: torch.Tensor, limit: float = 60.0) -> bool:
-    """True when exp() of every similarity is finite and normal without the max shift (CPU, float32/bfloat16 only).
-
-    Keys are unit vectors, so each similarity is bounded by |q| + |bias|; with the bound under ``limit`` (< 88, where
-    float32 exp overflows) softmax needs no shift, and the skipped max/subtract passes cost as much as the exp itself.
-    """
-    if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16) or _grad_or_graph(table):
-        return False
-    with torch.no_grad():
-        bias = torch.maximum(table.detach().abs().amax(), local_bias.detach().abs().amax())
-        return bool(q.detach().norm(dim=-1).amax() + bias < limit)
-
-
 def _building_graph() -> bool:
     """True while tracing, scripting, exporting to ONNX or compiling: no caches, views or data-dependent branches."""
     return (
@@ -285,6 +276,100 @@ def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int) -> int:
 
 
 _CHUNK_ELEMENTS = 1 << 22
+
+
+def _window_similarity(q_map: torch.Tensor, k_pad: torch.Tensor, y0: int, y1: int) -> torch.Tensor:
+    """Similarities of the queries in map rows ``y0:y1`` with their sliding-window keys: (B, h, n, L).
+
+    q_map (B, H, W, h, d); k_pad (B, H + 2p, W + 2p, h, d) zero-padded keys; window side 2p + 1, L = (2p + 1)**2 in
+    ``nn.Unfold`` order. Padded positions give 0 here (the caller's mask sets them to -inf).
+    """
+    B, _, W, h, d = q_map.shape
+    ws = k_pad.shape[2] - W + 1
+    q = q_map[:, y0:y1]
+    sims = [(q * k_pad[:, y0 + i : y1 + i, j : j + W]).sum(-1) for i in range(ws) for j in range(ws)]
+    return torch.stack(sims, -1).view(B, -1, h, ws * ws).transpose(1, 2)
+
+
+def _window_aggregate(w: torch.Tensor, v_pad: torch.Tensor, y0: int, y1: int) -> torch.Tensor:
+    """Sliding-window aggregation of the values for map rows ``y0:y1``: weights (B, h, n, L) -> (B, n, h, d).
+
+    v_pad (B, H + 2p, W + 2p, h, d) zero-padded values.
+    """
+    B, h, n, L = w.shape
+    ws, r = math.isqrt(L), y1 - y0
+    W = v_pad.shape[2] - ws + 1
+    w = w.transpose(1, 2).reshape(B, r, W, h, L, 1)
+    out = w[..., 0, :] * v_pad[:, y0:y1, 0:W]
+    for s in range(1, L):
+        i, j = divmod(s, ws)
+        out.addcmul_(w[..., s, :], v_pad[:, y0 + i : y1 + i, j : j + W])
+    return out.view(B, n, h, -1)
+
+
+def _shared_softmax(a: torch.Tensor, v: torch.Tensor, local: torch.Tensor, drop: nn.Module | None):
+    """One softmax over pooled (a, biased, (B, h, n, P); consumed) and local (B, h, n, L) similarities.
+
+    Returns the pooled output (B, h, n, d) = softmax-weighted v (B, h, P, d) and the local weights (B, h, n, L). Shifted
+    by each row's maximum (a detached constant); normalised after aggregating, with the weights before dropout.
+    """
+    shift = torch.maximum(a.detach().amax(-1, keepdim=True), local.detach().amax(-1, keepdim=True))
+    e_pool, e_local = a.sub_(shift).exp_(), (local - shift).exp()
+    inv_z = 1.0 / (e_pool.sum(-1, keepdim=True) + e_local.sum(-1, keepdim=True))  # (B, h, n, 1)
+    if drop is not None:
+        e_pool, e_local = drop(e_pool), drop(e_local)
+    return (e_pool @ v).mul_(inv_z), e_local * inv_z
+
+
+def _sink_keys(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled keys/values (B, h, P, d) with the "sink" of :func:`_sink_softmax` appended: (B, h, P + 1, d + 1) each.
+
+    The sink key and value are the unit vector of the extra channel, which is 0 for the pooled keys and values.
+    """
+    P, d = k.shape[-2:]
+    k, v = F.pad(k, (0, 1, 0, 1)), F.pad(v, (0, 1, 0, 1))
+    k[..., P, d] = 1
+    v[..., P, d] = 1
+    return k, v
+
+
+def _sink_softmax(q, k, v, local, bias) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared local + pooled softmax with PyTorch's fused attention kernel (inference).
+
+    q (B, h, n, d); k, v (B, h, P + 1, d + 1) from :func:`_sink_keys`; local (B, h, n, L) biased local similarities;
+    bias (h, n, P) the pooled-path bias, a view of a (h, n, P + 1) buffer whose last column is 0.
+    Returns the pooled output (B, h, n, d) and the local weights (B, h, n, L), both normalised by the shared softmax.
+
+    The local similarities enter as one extra "sink" key per query whose similarity is their log-sum-exp: it is the
+    query's extra channel, met by the sink key (the unit vector of that channel). The sink value is the unit vector of
+    the extra value channel, so the kernel's softmax over P + 1 keys gives the pooled output already divided by the
+    shared normaliser Z and, in the extra channel, Z_local / Z, which turns softmax(local) into the local weights.
+    """
+    d = q.shape[-1]
+    lse = torch.logsumexp(local, -1, keepdim=True)  # (B, h, n, 1)
+    dt = _autocast_dtype(q.device) or q.dtype
+    mask = bias.as_strided((1, *bias.shape[:-1], bias.shape[-1] + 1), (0, *bias.stride()))
+    q = torch.cat([q.to(dt), lse.to(dt)], -1)
+    out = F.scaled_dot_product_attention(q, k.to(dt), v.to(dt), attn_mask=mask.to(dt), scale=1.0)
+    return out[..., :d], (local - lse).exp_().mul_(out[..., d:].to(local.dtype))
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reusable flat buffer of at least ``numel`` elements (per thread, dtype and device; contents undefined).
+
+    The attention mask of every chunk is written here: a fresh buffer per chunk would be page-faulted in again each
+    time (the allocator returns large blocks to the OS), which cost about as much as filling it.
+    """
+    key = (dtype, device)
+    buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False), torch.no_grad():
+            buffers[key] = buf = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -370,13 +455,34 @@ class ConvolutionalGLU(nn.Module):
         # fc1 as two half GEMMs (same weights as the official ``fc1(x).chunk(2)``): both halves come out contiguous,
         # so the depthwise conv reads the first one as a channels-last map without a copy
         (w1, w2), (b1, b2) = self.fc1.weight.chunk(2), self.fc1.bias.chunk(2)
+        dropout = self.training and self.drop.p > 0
+        if not torch.is_grad_enabled() and not _building_graph() and not dropout and type(self.act) is nn.GELU:
+            return self._forward_rows(x, H, W, w1, b1, w2, b2)
         x, v = F.linear(x, w1, b1), F.linear(x, w2, b2)
         x = self.dwconv(x, H, W)
-        if torch.is_grad_enabled() or type(self.act) is not nn.GELU:
-            x = self.act(x) * v
-        else:  # inference: in place, two fewer large buffers
-            x = torch.ops.aten.gelu_(x, approximate=self.act.approximate).mul_(v)
+        x = self.act(x) * v
         return self.drop(self.fc2(self.drop(x)))
+
+    def _forward_rows(self, x, H, W, w1, b1, w2, b2) -> torch.Tensor:
+        """Inference in chunks of map rows (plus one halo row each side for the 3x3 conv, whose outputs are dropped),
+        so the (B, N, hidden) activations never exist whole: every buffer is cache-sized and reused, GELU and the gate
+        run in place. Same result as the plain path."""
+        B, N, _ = x.shape
+        hidden, conv = w1.shape[0], self.dwconv.dwconv
+        rows = max(1, min(H, _CHUNK_ELEMENTS_MLP // max(1, B * W * hidden)))
+        out = []
+        for y0 in range(0, H, rows):
+            y1 = min(H, y0 + rows)
+            a0, a1 = max(0, y0 - 1), min(H, y1 + 1)
+            g = F.linear(x[:, a0 * W : a1 * W], w1, b1).view(B, a1 - a0, W, hidden).permute(0, 3, 1, 2)
+            g = F.conv2d(g, conv.weight, conv.bias, padding=1, groups=hidden)[:, :, y0 - a0 : y1 - a0]
+            g = g.permute(0, 2, 3, 1).reshape(B, (y1 - y0) * W, hidden)
+            g = torch.ops.aten.gelu_(g, approximate=self.act.approximate).mul_(F.linear(x[:, y0 * W : y1 * W], w2, b2))
+            out.append(self.fc2(g))
+        return out[0] if len(out) == 1 else torch.cat(out, 1)
+
+
+_CHUNK_ELEMENTS_MLP = 1 << 20  # hidden activations per chunk of ConvolutionalGLU in inference
 
 
 def _init_temperature(num_heads: int) -> nn.Parameter:
@@ -457,7 +563,7 @@ class AggregatedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
-        h, d, L, ws = self.num_heads, self.head_dim, self.local_len, self.window_size
+        h, d, ws = self.num_heads, self.head_dim, self.window_size
         pool = self.pooled_size(H, W)
         P = pool[0] * pool[1]
         mask, seq_scale = local_geometry((H, W), ws, P, x.device)
@@ -467,16 +573,12 @@ class AggregatedAttention(nn.Module):
         temp = F.softplus(self.temperature).view(h, 1)
         q_scaled = (q_norm + self.query_embedding.view(h, d)) * temp * seq_scale  # (B, N, h, d)
 
-        # local keys/values: nine shifted views of the zero-padded maps
+        # local keys/values: the zero-padded maps, read as nine shifted views
         kv = self.kv(x).view(B, H, W, 2, h, d)
         pad = ws // 2
         k_pad = F.pad(F.normalize(kv[:, :, :, 0], dim=-1), (0, 0, 0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, h, d)
         v_pad = F.pad(kv[:, :, :, 1], (0, 0, 0, 0, pad, pad, pad, pad))
-        q_map = q_scaled.view(B, H, W, h, d)
-        shifts = [(i, j) for i in range(ws) for j in range(ws)]
-        attn_local = torch.stack([(q_map * k_pad[:, i : i + H, j : j + W]).sum(-1) for i, j in shifts], dim=-1)
         local_bias = self.relative_pos_bias_local.unsqueeze(1) + mask  # (h, N, L)
-        attn_local = attn_local.view(B, N, h, L).transpose(1, 2) + local_bias  # (B, h, N, L)
 
         # pooled keys/values: sr (1x1 conv as a linear layer) -> GELU -> adaptive avg pool -> LayerNorm -> kv
         x_ = self.act(F.linear(x, self.sr.weight.view(C, C), self.sr.bias))
@@ -486,50 +588,50 @@ class AggregatedAttention(nn.Module):
         if view is not None:
             x_ = x_.flip(-2, -1)
         kv_pool = self.kv(self.norm(x_.flatten(2).transpose(1, 2))).view(B, P, 2, h, d).permute(2, 0, 3, 1, 4)
-        k_pool, v_pool = F.normalize(kv_pool[0].contiguous(), dim=-1), kv_pool[1].contiguous()  # (B, h, P, d)
+        k_pool, v_pool = F.normalize(kv_pool[0], dim=-1), kv_pool[1]  # (B, h, P, d)
 
-        # One softmax over local + pooled similarities. The pooled part (B, h, N, P) is the only large tensor, so it is
-        # processed in chunks of query rows that stay in cache: add the bias to the GEMM output, exp in place (shifted
-        # by the row maximum, a detached constant, unless no similarity can overflow), sum, aggregate the values;
-        # normalisation is applied after aggregating.
-        q_heads = q_scaled.transpose(1, 2).contiguous()  # (B, h, N, d)
-        k_t = k_pool.transpose(-2, -1)  # (B, h, d, P), a transposed view: the faster GEMM layout here
-        no_shift = _exp_is_safe(q_heads, table, self.relative_pos_bias_local)
-        local_max = None if no_shift else attn_local.detach().amax(-1, keepdim=True)
+        # One softmax over local + pooled similarities, then the local aggregation, in chunks of query rows: the pooled
+        # similarities (B, h, N, P) are never materialised whole and every temporary of a chunk stays in cache. CPU
+        # inference hands the softmax to PyTorch's fused attention kernel (_sink_softmax); otherwise (autograd, export,
+        # other devices, attention dropout) it is computed explicitly, shifted by each row's maximum.
         drop = self.training and self.attn_drop.p > 0
+        fused = x.device.type == "cpu" and not drop and not _grad_or_graph(table)
+        if fused:
+            k_pool, v_pool = _sink_keys(k_pool, v_pool)  # (B, h, P + 1, d + 1)
+        else:
+            k_pool, v_pool = k_pool.transpose(-2, -1), v_pool.contiguous()  # (B, h, d, P): the faster GEMM layout
         rows = _query_rows(B, h, (H, W), P)
-        x_pool, w_soft = [], []
+        if fused:  # the fused kernel's additive mask: the bias of a chunk, then 0 for the sink
+            bias = _workspace(h * rows * W * (P + 1), _autocast_dtype(x.device) or q_scaled.dtype, x.device)
+            bias = bias.view(h, rows * W, P + 1)
+            bias[..., P] = 0
+            bias = bias[..., :P]
+        q_map, qn_heads = q_scaled.view(B, H, W, h, d), q_norm.transpose(1, 2)
+        out = []
         for y0 in range(0, H, rows):
             y1 = min(H, y0 + rows)
             n0, n1 = y0 * W, y1 * W
-            if view is None:
-                a = _bias_matmul(gather_bias(table, index_h, index_w, y0, y1), q_heads[:, :, n0:n1], k_t)
+            local = _window_similarity(q_map, k_pad, y0, y1) + local_bias[:, n0:n1]  # (B, h, n, L)
+            q = q_scaled[:, n0:n1].transpose(1, 2)  # (B, h, n, d)
+            if fused:
+                b = bias[:, : n1 - n0]
+                if view is None:
+                    b.copy_(gather_bias(table, index_h, index_w, y0, y1))
+                else:
+                    b.view(h, y1 - y0, W, *pool).copy_(view[:, y0:y1])
+                x_pool, w_soft = _sink_softmax(q, k_pool, v_pool, local, b)
             else:
-                a = q_heads[:, :, n0:n1] @ k_t  # (B, h, n, P)
-                a.view(B, h, y1 - y0, W, *pool).add_(view[:, y0:y1])
-            if no_shift:
-                e_pool, e_local = a.exp_(), attn_local[:, :, n0:n1].exp()
-            else:
-                shift = torch.maximum(a.detach().amax(-1, keepdim=True), local_max[:, :, n0:n1])
-                e_pool = a.sub_(shift).exp_()
-                e_local = (attn_local[:, :, n0:n1] - shift).exp()
-            z = e_pool.sum(-1, keepdim=True)  # normalise with the weights before dropout
-            if drop:
-                e_pool, e_local = self.attn_drop(e_pool), self.attn_drop(e_local)
-            out = e_pool @ v_pool
-            inv_z = 1.0 / (z + e_local.sum(-1, keepdim=True))  # (B, h, n, 1)
-            x_pool.append(out * inv_z)
-            w_soft.append(e_local * inv_z)
-        x_pool = x_pool[0] if len(x_pool) == 1 else torch.cat(x_pool, 2)  # (B, h, N, d)
-        w_soft = w_soft[0] if len(w_soft) == 1 else torch.cat(w_soft, 2)  # (B, h, N, L)
-
-        # local aggregation with query-learnable tokens + bias added to the attention weights
-        w_local = q_norm.transpose(1, 2) @ self.learnable_tokens + self.learnable_bias + w_soft
-        w_local = w_local.transpose(1, 2).reshape(B, H, W, h, L, 1)
-        x_local = w_local[..., 0, :] * v_pad[:, 0:H, 0:W]
-        for n, (i, j) in enumerate(shifts[1:], start=1):
-            x_local = x_local.addcmul(w_local[..., n, :], v_pad[:, i : i + H, j : j + W])
-        x = x_local.view(B, N, h, d) + x_pool.transpose(1, 2)
+                if view is None:
+                    a = _bias_matmul(gather_bias(table, index_h, index_w, y0, y1), q, k_pool)
+                else:
+                    a = q @ k_pool  # (B, h, n, P)
+                    a.view(B, h, y1 - y0, W, *pool).add_(view[:, y0:y1])
+                x_pool, w_soft = _shared_softmax(a, v_pool, local, self.attn_drop if drop else None)
+            # local aggregation with query-learnable tokens + bias added to the attention weights
+            w_local = qn_heads[:, :, n0:n1] @ self.learnable_tokens + self.learnable_bias + w_soft  # (B, h, n, L)
+            x_local = _window_aggregate(w_local, v_pad, y0, y1)  # (B, n, h, d)
+            out.append(x_local.add_(x_pool.transpose(1, 2)))
+        x = out[0] if len(out) == 1 else torch.cat(out, 1)
         return self.proj_drop(self.proj(x.reshape(B, N, C)))
 
     def extra_repr(self) -> str:
