@@ -571,7 +571,7 @@ class AggregatedAttention(nn.Module):
         # queries: cosine (L2-normalised) + query embedding, scaled by softplus(temperature) and log(length)
         q_norm = F.normalize(self.q(x).view(B, N, h, d), dim=-1)  # (B, N, h, d)
         temp = F.softplus(self.temperature).view(h, 1)
-        q_scaled = (q_norm + self.query_embedding.view(h, d)) * temp * seq_scale  # (B, N, h, d)
+        q_scaled = torch.add(q_norm, self.query_embedding.view(h, d)).mul_(temp * seq_scale)  # (B, N, h, d)
 
         # local keys/values: the zero-padded maps, read as nine shifted views
         kv = self.kv(x).view(B, H, W, 2, h, d)
@@ -581,7 +581,11 @@ class AggregatedAttention(nn.Module):
         local_bias = self.relative_pos_bias_local.unsqueeze(1) + mask  # (h, N, L)
 
         # pooled keys/values: sr (1x1 conv as a linear layer) -> GELU -> adaptive avg pool -> LayerNorm -> kv
-        x_ = self.act(F.linear(x, self.sr.weight.view(C, C), self.sr.bias))
+        x_ = F.linear(x, self.sr.weight.view(C, C), self.sr.bias)
+        if torch.is_grad_enabled() or type(self.act) is not nn.GELU:
+            x_ = self.act(x_)
+        else:  # inference: in place
+            x_ = torch.ops.aten.gelu_(x_, approximate=self.act.approximate)
         table, index_h, index_w = _bias_table(self, (H, W), pool, x.device)
         view = None if _grad_or_graph(table) else strided_bias(table, (H, W), pool)  # (h, H, W, pH, pW), keys reversed
         x_ = F.adaptive_avg_pool2d(x_.view(B, H, W, C).permute(0, 3, 1, 2), pool)
@@ -680,12 +684,17 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        bias = gather_bias(*_bias_table(self, (H, W), (H, W), x.device), 0, H)  # (h, N, N)
+        table, index_h, index_w = _bias_table(self, (H, W), (H, W), x.device)
+        bias = gather_bias(table, index_h, index_w, 0, H)  # (h, N, N)
         scale = F.softplus(self.temperature) * _log_length(N, x.device)
-        q = (F.normalize(q, dim=-1) + self.query_embedding) * scale
-        attn = _bias_matmul(bias, q, F.normalize(k, dim=-1).transpose(-2, -1)).softmax(dim=-1)
-        x = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
+        q, k = torch.add(F.normalize(q, dim=-1), self.query_embedding).mul_(scale), F.normalize(k, dim=-1)
+        if x.device.type == "cpu" and not (self.training and self.attn_drop.p > 0) and not _grad_or_graph(table):
+            dt = _autocast_dtype(x.device) or q.dtype  # inference: PyTorch's fused attention kernel
+            x = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=bias[None].to(dt), scale=1.0)
+        else:
+            attn = _bias_matmul(bias, q, k.transpose(-2, -1)).softmax(dim=-1)
+            x = self.attn_drop(attn) @ v
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
 class Block(nn.Module):
