@@ -372,6 +372,13 @@ def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Te
     return buf[:numel]
 
 
+def _activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """act(x) for a freshly computed x: in place when it is a GELU and autograd is off (one large buffer fewer)."""
+    if type(act) is nn.GELU and not torch.is_grad_enabled():
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
+
+
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype active for ``device``, or None."""
     try:
@@ -456,7 +463,7 @@ class ConvolutionalGLU(nn.Module):
         # so the depthwise conv reads the first one as a channels-last map without a copy
         (w1, w2), (b1, b2) = self.fc1.weight.chunk(2), self.fc1.bias.chunk(2)
         dropout = self.training and self.drop.p > 0
-        if not torch.is_grad_enabled() and not _building_graph() and not dropout and type(self.act) is nn.GELU:
+        if not torch.is_grad_enabled() and not _building_graph() and not dropout:
             return self._forward_rows(x, H, W, w1, b1, w2, b2)
         x, v = F.linear(x, w1, b1), F.linear(x, w2, b2)
         x = self.dwconv(x, H, W)
@@ -477,7 +484,7 @@ class ConvolutionalGLU(nn.Module):
             g = F.linear(x[:, a0 * W : a1 * W], w1, b1).view(B, a1 - a0, W, hidden).permute(0, 3, 1, 2)
             g = F.conv2d(g, conv.weight, conv.bias, padding=1, groups=hidden)[:, :, y0 - a0 : y1 - a0]
             g = g.permute(0, 2, 3, 1).reshape(B, (y1 - y0) * W, hidden)
-            g = torch.ops.aten.gelu_(g, approximate=self.act.approximate).mul_(F.linear(x[:, y0 * W : y1 * W], w2, b2))
+            g = _activate(self.act, g).mul_(F.linear(x[:, y0 * W : y1 * W], w2, b2))
             out.append(self.fc2(g))
         return out[0] if len(out) == 1 else torch.cat(out, 1)
 
@@ -581,11 +588,7 @@ class AggregatedAttention(nn.Module):
         local_bias = self.relative_pos_bias_local.unsqueeze(1) + mask  # (h, N, L)
 
         # pooled keys/values: sr (1x1 conv as a linear layer) -> GELU -> adaptive avg pool -> LayerNorm -> kv
-        x_ = F.linear(x, self.sr.weight.view(C, C), self.sr.bias)
-        if torch.is_grad_enabled() or type(self.act) is not nn.GELU:
-            x_ = self.act(x_)
-        else:  # inference: in place
-            x_ = torch.ops.aten.gelu_(x_, approximate=self.act.approximate)
+        x_ = _activate(self.act, F.linear(x, self.sr.weight.view(C, C), self.sr.bias))
         table, index_h, index_w = _bias_table(self, (H, W), pool, x.device)
         view = None if _grad_or_graph(table) else strided_bias(table, (H, W), pool)  # (h, H, W, pH, pW), keys reversed
         x_ = F.adaptive_avg_pool2d(x_.view(B, H, W, C).permute(0, 3, 1, 2), pool)
@@ -600,16 +603,16 @@ class AggregatedAttention(nn.Module):
         # other devices, attention dropout) it is computed explicitly, shifted by each row's maximum.
         drop = self.training and self.attn_drop.p > 0
         fused = x.device.type == "cpu" and not drop and not _grad_or_graph(table)
+        rows = _query_rows(B, h, (H, W), P)
         if fused:
             k_pool, v_pool = _sink_keys(k_pool, v_pool)  # (B, h, P + 1, d + 1)
-        else:
-            k_pool, v_pool = k_pool.transpose(-2, -1), v_pool.contiguous()  # (B, h, d, P): the faster GEMM layout
-        rows = _query_rows(B, h, (H, W), P)
-        if fused:  # the fused kernel's additive mask: the bias of a chunk, then 0 for the sink
+            # the fused kernel's additive mask, reused by every chunk: the bias of the chunk, then 0 for the sink
             bias = _workspace(h * rows * W * (P + 1), _autocast_dtype(x.device) or q_scaled.dtype, x.device)
             bias = bias.view(h, rows * W, P + 1)
             bias[..., P] = 0
             bias = bias[..., :P]
+        else:
+            k_pool, v_pool = k_pool.transpose(-2, -1), v_pool.contiguous()  # (B, h, d, P): the faster GEMM layout
         q_map, qn_heads = q_scaled.view(B, H, W, h, d), q_norm.transpose(1, 2)
         out = []
         for y0 in range(0, H, rows):
