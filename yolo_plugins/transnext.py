@@ -265,6 +265,11 @@ def _grad_or_graph(table: torch.Tensor) -> bool:
     return (torch.is_grad_enabled() and table.requires_grad) or _building_graph()
 
 
+def _fused_kernel(x: torch.Tensor, dropout: bool, table: torch.Tensor) -> bool:
+    """True where attention goes through PyTorch's fused kernel: CPU inference without attention dropout."""
+    return x.device.type == "cpu" and not dropout and not _grad_or_graph(table)
+
+
 def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int) -> int:
     """Map rows per chunk of the pooled attention, so its (B, h, rows * W, P) similarities stay cache-sized.
 
@@ -475,15 +480,12 @@ class ConvolutionalGLU(nn.Module):
         so the (B, N, hidden) activations never exist whole: every buffer is cache-sized and reused, GELU and the gate
         run in place. Same result as the plain path."""
         B, N, _ = x.shape
-        hidden, conv = w1.shape[0], self.dwconv.dwconv
-        rows = max(1, min(H, _CHUNK_ELEMENTS_MLP // max(1, B * W * hidden)))
+        rows = max(1, min(H, _CHUNK_ELEMENTS_MLP // max(1, B * W * w1.shape[0])))
         out = []
         for y0 in range(0, H, rows):
             y1 = min(H, y0 + rows)
             a0, a1 = max(0, y0 - 1), min(H, y1 + 1)
-            g = F.linear(x[:, a0 * W : a1 * W], w1, b1).view(B, a1 - a0, W, hidden).permute(0, 3, 1, 2)
-            g = F.conv2d(g, conv.weight, conv.bias, padding=1, groups=hidden)[:, :, y0 - a0 : y1 - a0]
-            g = g.permute(0, 2, 3, 1).reshape(B, (y1 - y0) * W, hidden)
+            g = self.dwconv(F.linear(x[:, a0 * W : a1 * W], w1, b1), a1 - a0, W)[:, (y0 - a0) * W : (y1 - a0) * W]
             g = _activate(self.act, g).mul_(F.linear(x[:, y0 * W : y1 * W], w2, b2))
             out.append(self.fc2(g))
         return out[0] if len(out) == 1 else torch.cat(out, 1)
@@ -602,7 +604,7 @@ class AggregatedAttention(nn.Module):
         # inference hands the softmax to PyTorch's fused attention kernel (_sink_softmax); otherwise (autograd, export,
         # other devices, attention dropout) it is computed explicitly, shifted by each row's maximum.
         drop = self.training and self.attn_drop.p > 0
-        fused = x.device.type == "cpu" and not drop and not _grad_or_graph(table)
+        fused = _fused_kernel(x, drop, table)
         rows = _query_rows(B, h, (H, W), P)
         if fused:
             k_pool, v_pool = _sink_keys(k_pool, v_pool)  # (B, h, P + 1, d + 1)
@@ -691,8 +693,8 @@ class Attention(nn.Module):
         bias = gather_bias(table, index_h, index_w, 0, H)  # (h, N, N)
         scale = F.softplus(self.temperature) * _log_length(N, x.device)
         q, k = torch.add(F.normalize(q, dim=-1), self.query_embedding).mul_(scale), F.normalize(k, dim=-1)
-        if x.device.type == "cpu" and not (self.training and self.attn_drop.p > 0) and not _grad_or_graph(table):
-            dt = _autocast_dtype(x.device) or q.dtype  # inference: PyTorch's fused attention kernel
+        if _fused_kernel(x, self.training and self.attn_drop.p > 0, table):
+            dt = _autocast_dtype(x.device) or q.dtype
             x = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=bias[None].to(dt), scale=1.0)
         else:
             attn = _bias_matmul(bias, q, k.transpose(-2, -1)).softmax(dim=-1)
