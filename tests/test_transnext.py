@@ -249,10 +249,10 @@ def test_sink_softmax_equals_one_softmax():
     )
     local, bias = torch.randn(B, h, n, L, generator=g) * 4, torch.randn(h, n, P, generator=g)
     local[:, :, :3, :4] = float("-inf")  # window positions outside the map
-    buf = torch.zeros(h, n, P + 1)
-    buf[..., :P] = bias
+    mask = torch.zeros(h, n, P + 1)
+    mask[..., :P] = bias
     with torch.no_grad():
-        x_pool, w_local = T._sink_softmax(q, *T._sink_keys(k, v), local, buf[..., :P])
+        x_pool, w_local = T._sink_softmax(q, *T._sink_keys(k, v, torch.float32), local, mask)
     w = torch.cat([local, q @ k.transpose(-2, -1) + bias], -1).softmax(-1)
     assert (x_pool - w[..., L:] @ v).abs().max() < 1e-5
     assert (w_local - w[..., :L]).abs().max() < 1e-6

@@ -289,7 +289,7 @@ def _window_similarity(q_map: torch.Tensor, k_pad: torch.Tensor, y0: int, y1: in
     q_map (B, H, W, h, d); k_pad (B, H + 2p, W + 2p, h, d) zero-padded keys; window side 2p + 1, L = (2p + 1)**2 in
     ``nn.Unfold`` order. Padded positions give 0 here (the caller's mask sets them to -inf).
     """
-    B, _, W, h, d = q_map.shape
+    B, _, W, h, _ = q_map.shape
     ws = k_pad.shape[2] - W + 1
     q = q_map[:, y0:y1]
     sims = [(q * k_pad[:, y0 + i : y1 + i, j : j + W]).sum(-1) for i in range(ws) for j in range(ws)]
@@ -326,23 +326,24 @@ def _shared_softmax(a: torch.Tensor, v: torch.Tensor, local: torch.Tensor, drop:
     return (e_pool @ v).mul_(inv_z), e_local * inv_z
 
 
-def _sink_keys(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled keys/values (B, h, P, d) with the "sink" of :func:`_sink_softmax` appended: (B, h, P + 1, d + 1) each.
+def _sink_keys(k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled keys/values (B, h, P, d) with the "sink" of :func:`_sink_softmax` appended: (B, h, P + 1, d + 1) each,
+    in ``dtype`` (the kernel's).
 
     The sink key and value are the unit vector of the extra channel, which is 0 for the pooled keys and values.
     """
     P, d = k.shape[-2:]
-    k, v = F.pad(k, (0, 1, 0, 1)), F.pad(v, (0, 1, 0, 1))
+    k, v = F.pad(k.to(dtype), (0, 1, 0, 1)), F.pad(v.to(dtype), (0, 1, 0, 1))
     k[..., P, d] = 1
     v[..., P, d] = 1
     return k, v
 
 
-def _sink_softmax(q, k, v, local, bias) -> tuple[torch.Tensor, torch.Tensor]:
+def _sink_softmax(q, k, v, local, mask) -> tuple[torch.Tensor, torch.Tensor]:
     """The shared local + pooled softmax with PyTorch's fused attention kernel (inference).
 
     q (B, h, n, d); k, v (B, h, P + 1, d + 1) from :func:`_sink_keys`; local (B, h, n, L) biased local similarities;
-    bias (h, n, P) the pooled-path bias, a view of a (h, n, P + 1) buffer whose last column is 0.
+    mask (h, n, P + 1) in the dtype of k: the pooled-path bias, then 0 for the sink.
     Returns the pooled output (B, h, n, d) and the local weights (B, h, n, L), both normalised by the shared softmax.
 
     The local similarities enter as one extra "sink" key per query whose similarity is their log-sum-exp: it is the
@@ -352,10 +353,8 @@ def _sink_softmax(q, k, v, local, bias) -> tuple[torch.Tensor, torch.Tensor]:
     """
     d = q.shape[-1]
     lse = torch.logsumexp(local, -1, keepdim=True)  # (B, h, n, 1)
-    dt = _autocast_dtype(q.device) or q.dtype
-    mask = bias.as_strided((1, *bias.shape[:-1], bias.shape[-1] + 1), (0, *bias.stride()))
-    q = torch.cat([q.to(dt), lse.to(dt)], -1)
-    out = F.scaled_dot_product_attention(q, k.to(dt), v.to(dt), attn_mask=mask.to(dt), scale=1.0)
+    q = torch.cat([q.to(k.dtype), lse.to(k.dtype)], -1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=1.0)
     return out[..., :d], (local - lse).exp_().mul_(out[..., d:].to(local.dtype))
 
 
@@ -607,12 +606,11 @@ class AggregatedAttention(nn.Module):
         fused = _fused_kernel(x, drop, table)
         rows = _query_rows(B, h, (H, W), P)
         if fused:
-            k_pool, v_pool = _sink_keys(k_pool, v_pool)  # (B, h, P + 1, d + 1)
+            dt = _autocast_dtype(x.device) or q_scaled.dtype
+            k_pool, v_pool = _sink_keys(k_pool, v_pool, dt)  # (B, h, P + 1, d + 1)
             # the fused kernel's additive mask, reused by every chunk: the bias of the chunk, then 0 for the sink
-            bias = _workspace(h * rows * W * (P + 1), _autocast_dtype(x.device) or q_scaled.dtype, x.device)
-            bias = bias.view(h, rows * W, P + 1)
-            bias[..., P] = 0
-            bias = bias[..., :P]
+            mask_buf = _workspace(h * rows * W * (P + 1), dt, x.device).view(h, rows * W, P + 1)
+            mask_buf[..., P] = 0
         else:
             k_pool, v_pool = k_pool.transpose(-2, -1), v_pool.contiguous()  # (B, h, d, P): the faster GEMM layout
         q_map, qn_heads = q_scaled.view(B, H, W, h, d), q_norm.transpose(1, 2)
@@ -623,12 +621,12 @@ class AggregatedAttention(nn.Module):
             local = _window_similarity(q_map, k_pad, y0, y1) + local_bias[:, n0:n1]  # (B, h, n, L)
             q = q_scaled[:, n0:n1].transpose(1, 2)  # (B, h, n, d)
             if fused:
-                b = bias[:, : n1 - n0]
+                m = mask_buf[:, : n1 - n0]
                 if view is None:
-                    b.copy_(gather_bias(table, index_h, index_w, y0, y1))
+                    m[..., :P] = gather_bias(table, index_h, index_w, y0, y1)
                 else:
-                    b.view(h, y1 - y0, W, *pool).copy_(view[:, y0:y1])
-                x_pool, w_soft = _sink_softmax(q, k_pool, v_pool, local, b)
+                    m[..., :P].view(h, y1 - y0, W, *pool).copy_(view[:, y0:y1])
+                x_pool, w_soft = _sink_softmax(q, k_pool, v_pool, local, m)
             else:
                 if view is None:
                     a = _bias_matmul(gather_bias(table, index_h, index_w, y0, y1), q, k_pool)
