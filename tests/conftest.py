@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: no online checks, no downloads
+# derived model YAMLs go to a scratch folder, not the user's ~/.cache (fresh-process tests inherit it)
+os.environ.setdefault("YOLO_PLUGINS_CACHE_DIR", tempfile.mkdtemp(prefix="yolo-plugins-test-cache-"))
 
 from pathlib import Path  # noqa: E402
 
@@ -118,18 +121,47 @@ def seeded(fn, seed=0):
     return fn()
 
 
-def detection_train_step(model: nn.Module, imgsz: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Ultralytics detection loss + backward on a generated batch of two images; returns (loss, loss items)."""
+def task_batch(task: str, model: nn.Module, imgsz: int = 64) -> dict:
+    """A generated training batch of two images with the targets ``task``'s Ultralytics loss reads."""
+    g = torch.Generator().manual_seed(0)
+    b, h = 2, imgsz
+    batch = {
+        "img": torch.rand(2, 3, h, h, generator=g),
+        "batch_idx": torch.tensor([0.0, 1.0, 1.0]),
+        "cls": torch.tensor([[0.0], [1.0], [0.0]]).clamp(max=model.yaml.get("nc", 80) - 1),  # pose YAMLs: nc 1
+        "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.4, 0.6, 0.2, 0.2], [0.7, 0.3, 0.25, 0.3]]),
+    }
+    if task == "segment":  # overlapping-mask format: one map per image, value = instance number within the image
+        masks = torch.zeros(b, h, h)
+        masks[0, h // 5 : 4 * h // 5, h // 3 : 2 * h // 3] = 1
+        masks[1, h // 2 : 7 * h // 10, h // 3 : h // 2] = 1
+        masks[1, h // 8 : h // 2, h // 2 : 17 * h // 20] = 2
+        batch["masks"], batch["sem_masks"] = masks, (masks > 0).long()
+    elif task == "pose":
+        nk, dims = model.yaml.get("kpt_shape", [17, 3])
+        batch["keypoints"] = torch.rand(3, nk, dims, generator=g) * 0.2 + 0.4
+    elif task == "obb":
+        batch["bboxes"] = torch.cat([batch["bboxes"], torch.tensor([[0.3], [0.0], [1.0]])], 1)
+    elif task == "classify":
+        batch = {"img": batch["img"], "cls": torch.tensor([0, 1])}
+    elif task == "semantic":
+        batch = {"img": batch["img"], "semantic_mask": torch.randint(0, 2, (b, h, h), generator=g)}
+    elif task == "depth":
+        batch = {"img": batch["img"], "depth": torch.rand(b, h, h, generator=g) * 10 + 0.5}
+    return batch
+
+
+def train_step(model: nn.Module, task: str = "detect", imgsz: int = 64) -> tuple[torch.Tensor, object]:
+    """One Ultralytics loss + backward of ``model`` for ``task`` on a generated batch; returns (loss, loss items)."""
     from ultralytics.cfg import get_cfg
 
     model.args = get_cfg()
     model.train()
-    batch = {
-        "img": torch.rand(2, 3, imgsz, imgsz),
-        "batch_idx": torch.tensor([0.0, 1.0, 1.0]),
-        "cls": torch.tensor([[0.0], [1.0], [0.0]]),
-        "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.4, 0.6, 0.2, 0.2], [0.7, 0.3, 0.25, 0.3]]),
-    }
-    loss, items = model.loss(batch)
+    loss, items = model.loss(task_batch(task, model, imgsz))
     loss.sum().backward()
     return loss, items
+
+
+def detection_train_step(model: nn.Module, imgsz: int = 64) -> tuple[torch.Tensor, object]:
+    """One Ultralytics detection loss + backward on a generated batch of two images; returns (loss, loss items)."""
+    return train_step(model, "detect", imgsz)

@@ -7,15 +7,7 @@ import json
 
 import pytest
 
-from yolo_plugins import PluginError
-from yolo_plugins.benchmark import BenchmarkConfig, resolve_model, run_benchmark
-
-
-def test_resolve_model():
-    assert resolve_model("yolov8n.yaml") == "yolov8n.yaml"
-    assert resolve_model("yolov8n-ca.yaml").endswith("model_yamls/yolov8n-ca.yaml")
-    with pytest.raises(PluginError, match="not found"):
-        resolve_model("yolov8n-nothing.yaml")
+from yolo_plugins.benchmark import BenchmarkConfig, run_benchmark
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 import torch
+import ultralytics
 from conftest import YAMLS
 from ultralytics.utils import ASSETS
 
@@ -34,17 +35,23 @@ def ca_yaml(tmp_path):
     return dst
 
 
+@pytest.mark.compat
 def test_plain_ultralytics_process_builds_plugin_yaml(ca_yaml, tmp_path):
+    """Only `from ultralytics import YOLO`: a YAML path, a shipped and a derived model by bare name."""
     out = run(
         f"""
         import sys
         from ultralytics import YOLO
         m = YOLO({str(ca_yaml)!r})
         print("PLUGIN", type(m.model.model[16]).__module__, "yolo_plugins" in sys.modules)
+        print("SHIPPED", type(YOLO("yolov8n-transxnet.yaml").model.model[0]).__name__)
+        m = YOLO("yolo11n-pose-repvit.yaml")
+        print("DERIVED", m.task, type(m.model.model[0]).__name__)
         """,
         tmp_path,
     )
     assert "PLUGIN yolo_plugins.context_aggregation True" in out
+    assert "SHIPPED TransXNet" in out and "DERIVED pose RepViT" in out
 
 
 def test_autoload_can_be_disabled(ca_yaml, tmp_path):
@@ -59,11 +66,13 @@ def test_autoload_can_be_disabled(ca_yaml, tmp_path):
     assert p.returncode != 0 and "ContextAggregation" in p.stderr  # stock behaviour: the name is unknown
 
 
-def test_yolo_console_command_predicts_with_plugin_yaml(ca_yaml, tmp_path):
+@pytest.mark.parametrize("model", ["yolov8n-ca.yaml", "yolo26n-seg-repvit.yaml"])
+def test_yolo_console_command_predicts_with_plugin_yaml(model, tmp_path):
+    """`yolo predict model=<bare name>` from an empty folder: a shipped and a derived model."""
     yolo = shutil.which("yolo", path=os.path.dirname(sys.executable)) or shutil.which("yolo")
     cmd = [yolo] if yolo else [sys.executable, "-c", "from ultralytics.cfg import entrypoint; entrypoint()"]
     out = run(
-        cmd + ["predict", f"model={ca_yaml}", f"source={ASSETS / 'bus.jpg'}", "imgsz=64", "save=False", "device=cpu"],
+        cmd + ["predict", f"model={model}", f"source={ASSETS / 'bus.jpg'}", "imgsz=64", "save=False", "device=cpu"],
         tmp_path,
     )
     assert "bus.jpg" in out and "Speed:" in out
@@ -87,6 +96,7 @@ def test_yolo_plugins_command(tmp_path):
     assert p.returncode == 2 and "error" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.compat
 def test_checkpoint_reloads_in_fresh_process(ca_yaml, tmp_path):
     from ultralytics import YOLO
 
@@ -117,11 +127,16 @@ def test_checkpoint_reloads_in_fresh_process(ca_yaml, tmp_path):
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=0, rtol=0)
 
 
+@pytest.mark.compat
 @pytest.mark.slow
 def test_restricted_loading_allows_plugin_checkpoints(tmp_path):
     """ULTRALYTICS_SAFE_LOAD=1 (weights_only unpickling against an allow-list) loads plugin checkpoints while the
     plugin is registered, and refuses them again after unregister()."""
     from ultralytics import YOLO
+    from ultralytics.nn import tasks
+
+    if not hasattr(tasks, "_SafeLoad"):
+        pytest.skip(f"ultralytics {ultralytics.__version__} has no restricted loading")
 
     torch.manual_seed(0)
     model = YOLO(str(YAMLS / "yolov8n-transnext.yaml"))  # backbone feature info and never-pickled caches inside

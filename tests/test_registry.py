@@ -19,32 +19,6 @@ def build(cfg):
     return tasks.DetectionModel(copy.deepcopy(cfg), ch=3, verbose=False)
 
 
-def test_register_unregister_round_trip():
-    before = dict(vars(tasks))
-    fuse_before = tasks.BaseModel.__dict__["fuse"]
-    yolo_plugins.unregister()
-    try:
-        assert not yolo_plugins.is_registered()
-        assert "ContextAggregation" not in vars(tasks)
-        unpatched = dict(vars(tasks))
-        assert tasks.BaseModel.__dict__["fuse"] is not fuse_before  # the original came back
-        yolo_plugins.unregister()  # idempotent
-        yolo_plugins.register()
-        yolo_plugins.register()  # idempotent: same objects as one register()
-        after = dict(vars(tasks))
-        assert after.keys() == before.keys()
-        plugin_names = set(yolo_plugins.registry.REGISTRY)
-        assert all(after[k] is v for k, v in before.items() if k not in plugin_names)
-        assert all(str(after[k]) == str(before[k]) for k in plugin_names)
-        assert tasks.BaseModel.__dict__["fuse"] is fuse_before
-        yolo_plugins.unregister()
-        assert dict(vars(tasks)) == unpatched  # exactly restored, names removed
-        with pytest.raises(KeyError):
-            tasks.DetectionModel(toy_yaml(), verbose=False)  # stock Ultralytics cannot build plugin YAMLs
-    finally:
-        yolo_plugins.register()
-
-
 def test_duplicate_name_is_an_error(toy_modules):
     class ScaledConv2(ScaledConv):
         pass
@@ -152,18 +126,42 @@ def test_shapes_of_stock_yaml_matches_ultralytics():
 
 
 # ------------------------------------------------------------------------------------------------ bad input
-def test_unknown_module_names_row_and_suggestions(toy_modules):
-    cfg = toy_yaml(head_extra=[[1, 1, "ContextAgregation", []]])
-    with pytest.raises(YAMLError) as e:
-        build(cfg)
+@pytest.mark.parametrize(
+    "name,stock,plugin",
+    [
+        ("ContextAgregation", None, "ContextAggregation"),  # misspelt plugin module
+        ("RepVit", None, "RepViT"),
+        ("C2F", "C2f", None),  # misspelt stock module
+        ("SPPFF", "SPPF", None),
+    ],
+)
+@pytest.mark.parametrize("with_plugin_rows", [True, False])
+def test_unknown_module_names_row_and_suggestions(toy_modules, name, stock, plugin, with_plugin_rows):
+    """Misspelt plugin and stock names, in a YAML with plugin rows and in a stock-only YAML (which used to reach
+    Ultralytics' bare KeyError): the row, the name and the closest stock and plugin names."""
+    row = [-1, 1, name, [64]]
+    if with_plugin_rows:
+        cfg = toy_yaml(head_extra=[[1, 1, *row[2:]]])
+        index = 4
+    else:
+        cfg = {"nc": 2, "backbone": [[-1, 1, "Conv", [16, 3, 2]], row], "head": [[-1, 1, "Classify", ["nc"]]]}
+        index = 1
+    with pytest.raises(yolo_plugins.UnknownModuleError) as e:
+        build(cfg) if with_plugin_rows else tasks.ClassificationModel(cfg, verbose=False)
     msg = str(e.value)
-    assert "row 4" in msg and "'ContextAgregation'" in msg and "ContextAggregation" in msg.split("Closest")[1]
+    assert f"row {index} ({name}): unknown module '{name}'" in msg
+    if stock:
+        assert f"Closest Ultralytics modules: {stock}" in msg
+    if plugin:
+        assert f"closest yolo-plugins modules: {plugin}".lower() in msg.lower()
+        assert plugin in msg.split("yolo-plugins modules:")[1]
+    assert isinstance(e.value, KeyError) and isinstance(e.value, YAMLError)  # catchable as before, and as ours
 
 
-def test_unknown_stock_like_name(toy_modules):
-    cfg = toy_yaml(head_extra=[[1, 1, "C2F", [64]]])
-    with pytest.raises(YAMLError, match=r"row 4 .*unknown module 'C2F'.*C2f"):
-        build(cfg)
+def test_unknown_torch_nn_name():
+    cfg = {"nc": 2, "backbone": [[-1, 1, "nn.Upsampel", [None, 2]]], "head": [[-1, 1, "Classify", ["nc"]]]}
+    with pytest.raises(yolo_plugins.UnknownModuleError, match=r"row 0 \(nn.Upsampel\).*not in torch.nn.*Upsample"):
+        tasks.ClassificationModel(cfg, verbose=False)
 
 
 def test_wrong_arguments_name_row_and_signature(toy_modules):

@@ -316,9 +316,9 @@ def test_yaml_training_step(registered):
 
 
 def _yaml_dict(name: str) -> dict:
-    from ultralytics.utils import YAML
+    from yolo_plugins.compat import load_yaml
 
-    d = YAML.load(ROOT / "model_yamls" / f"{name}-repvit.yaml")
+    d = load_yaml(ROOT / "model_yamls" / f"{name}-repvit.yaml")
     d["scale"] = "n"
     return d
 

@@ -404,9 +404,10 @@ def test_convglu_and_csp_blocks():
 
 def _yaml_model(name: str, scale: str = "n"):
     from ultralytics.nn.tasks import DetectionModel
-    from ultralytics.utils import YAML
 
-    cfg = YAML.load(ROOT / "model_yamls" / f"{name}-transnext.yaml")
+    from yolo_plugins.compat import load_yaml
+
+    cfg = load_yaml(ROOT / "model_yamls" / f"{name}-transnext.yaml")
     cfg["scale"] = scale
     return DetectionModel(cfg, verbose=False)
 

@@ -1,13 +1,20 @@
 """yolo-plugins: TransNeXt, TransXNet, RepViT backbones and ContextAggregation for Ultralytics YOLO model YAMLs.
 
-``import yolo_plugins`` registers every module with Ultralytics' YAML parser (see :mod:`yolo_plugins.patch`);
-``yolo_plugins.unregister()`` restores Ultralytics exactly.
+``import yolo_plugins`` registers every module with Ultralytics' YAML parser and makes plugin models nameable like
+stock ones (see :mod:`yolo_plugins.patch`); ``yolo_plugins.unregister()`` restores Ultralytics exactly.
 """
 
 import importlib as _importlib
 
 from .backbone import Backbone, Feature, FeatureInfo, create_backbone, list_backbones
-from .errors import CheckpointError, PluginError, YAMLError
+from .errors import (
+    CheckpointError,
+    IncompatibleUltralyticsError,
+    ModelNameError,
+    PluginError,
+    UnknownModuleError,
+    YAMLError,
+)
 from .patch import is_registered, register, unregister
 from .registry import list_modules, register_module, unregister_module
 
@@ -20,9 +27,9 @@ FAMILIES = (
 for _name in FAMILIES:
     _importlib.import_module(f"{__name__}.{_name}")
 
-register()
-
 __version__ = "0.1.0"
+
+register()
 
 __all__ = [
     "Backbone",
@@ -39,5 +46,8 @@ __all__ = [
     "PluginError",
     "YAMLError",
     "CheckpointError",
+    "UnknownModuleError",
+    "ModelNameError",
+    "IncompatibleUltralyticsError",
     "__version__",
 ]

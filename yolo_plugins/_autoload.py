@@ -28,19 +28,32 @@ class _AfterTasksImport:
         def exec_then_register(module):
             exec_module(module)
             _remove()
-            try:
-                import yolo_plugins  # noqa: F401  registers on import
-            except Exception as e:  # noqa: BLE001 - never break Ultralytics because of the plugin
-                print(
-                    f"yolo-plugins: autoload failed ({type(e).__name__}: {e}); `import yolo_plugins` by hand",
-                    file=sys.stderr,
-                )
+            _register()
 
         spec.loader.exec_module = exec_then_register
         return spec
 
 
 _FINDER = _AfterTasksImport()
+_WARNED = []
+
+
+def _register() -> None:
+    """Import yolo_plugins (which registers it). On any failure, Ultralytics stays as it was (register() is all or
+    nothing) and one warning per process says why: stock models keep working."""
+    try:
+        import yolo_plugins  # noqa: F401  registers on import
+    except Exception as e:  # noqa: BLE001 - never break Ultralytics because of the plugin
+        patch = sys.modules.get("yolo_plugins.patch")
+        if patch is not None and patch.is_registered():  # registered but failed afterwards: take it all back
+            patch.unregister()
+        if not _WARNED:
+            _WARNED.append(e)
+            print(
+                f"yolo-plugins: not registered, Ultralytics runs without it ({type(e).__name__}: {e}). "
+                "Set YOLO_PLUGINS_AUTOLOAD=0 to silence this.",
+                file=sys.stderr,
+            )
 
 
 def _remove() -> None:
@@ -53,8 +66,8 @@ def install() -> None:
     if os.environ.get("YOLO_PLUGINS_AUTOLOAD", "1").lower() in ("0", "false", "no", "off"):
         return
     if _TARGET in sys.modules:
-        if "yolo_plugins.patch" not in sys.modules:
-            import yolo_plugins  # noqa: F401
+        if "yolo_plugins" not in sys.modules:
+            _register()
         return
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)

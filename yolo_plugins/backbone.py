@@ -18,7 +18,7 @@ import torch.nn as nn
 from .errors import PluginError
 from .registry import register_module
 
-__all__ = ["FeatureInfo", "Backbone", "Feature", "create_backbone", "list_backbones"]
+__all__ = ["FeatureInfo", "Backbone", "Feature", "create_backbone", "list_backbones", "backbone_families"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class Backbone(nn.Module):
     variants: ClassVar[dict[str, dict[str, Any]]] = {}
     default_variant: ClassVar[str] = ""
     family: ClassVar[str] = ""  # prefix of create_backbone names, e.g. "repvit" for "repvit_m1_0"
+    # YOLO scale letter -> variant, used by the shipped YAMLs and by derived model names (yolo11s-repvit.yaml)
+    scale_variants: ClassVar[dict[str, str]] = {}
+    feature_strides: ClassVar[tuple[int, ...]] = (4, 8, 16, 32)  # strides of the returned features (all variants)
 
     def __init__(self, variant: str | None = None):
         super().__init__()
@@ -119,7 +122,8 @@ class Feature(nn.Module):
         return f"index={self.index}"
 
 
-def _backbone_families() -> dict[str, type[Backbone]]:
+def backbone_families() -> dict[str, type[Backbone]]:
+    """Registered backbone classes by family name, e.g. ``{"repvit": RepViT, ...}``."""
     from .registry import REGISTRY
 
     return {e.cls.family: e.cls for e in REGISTRY.values() if isinstance(e.cls, type) and issubclass(e.cls, Backbone)}
@@ -127,7 +131,7 @@ def _backbone_families() -> dict[str, type[Backbone]]:
 
 def list_backbones() -> list[str]:
     """Every ``create_backbone`` name, e.g. ``['repvit_m0_9', ..., 'transnext_micro', ...]``."""
-    return [f"{fam}_{v}" for fam, cls in sorted(_backbone_families().items()) for v in cls.variants]
+    return [f"{fam}_{v}" for fam, cls in sorted(backbone_families().items()) for v in cls.variants]
 
 
 def create_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs) -> Backbone:
@@ -146,7 +150,7 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None, **kwarg
         >>> [f.shape[1] for f in m(torch.zeros(1, 3, 64, 64))] == m.channels
         True
     """
-    families = _backbone_families()
+    families = backbone_families()
     for fam in sorted(families, key=len, reverse=True):
         if name.lower().startswith(fam + "_"):
             cls, variant = families[fam], name[len(fam) + 1 :]

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import PluginError
+from .names import resolve_model
 
 __all__ = ["BenchmarkConfig", "DEFAULT_BASELINES", "DEFAULT_PLUGINS", "resolve_model", "run_benchmark"]
 
@@ -57,35 +57,6 @@ class BenchmarkConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.project).expanduser().resolve() / self.name
-
-
-def _yaml_dirs() -> list[Path]:
-    pkg = Path(__file__).resolve().parent
-    return [Path.cwd() / "model_yamls", pkg / "model_yamls", pkg.parent / "model_yamls"]
-
-
-def resolve_model(name: str) -> str:
-    """Path or name Ultralytics can build: an existing file, a plugin YAML (``yolov8n-repvit.yaml`` finds
-    ``model_yamls/yolov8-repvit.yaml`` with scale n), or a stock name such as ``yolov8n.yaml``."""
-    import re
-
-    p = Path(name).expanduser()
-    if p.is_file():
-        return str(p.resolve())
-    unified = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", p.name)
-    for d in _yaml_dirs():
-        if (d / p.name).is_file() or (d / unified).is_file():
-            return str(d / p.name)  # Ultralytics reads the scale letter from this name
-    from ultralytics.utils.checks import check_yaml
-
-    try:
-        check_yaml(re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", name), hard=True)
-        return name
-    except Exception:  # noqa: BLE001
-        dirs = ", ".join(str(d) for d in _yaml_dirs() if d.is_dir())
-        raise PluginError(
-            f"model '{name}' not found: not a file, not in {dirs}, not a stock Ultralytics YAML"
-        ) from None
 
 
 def _label(name: str) -> str:

@@ -1,9 +1,10 @@
 """``yolo-plugins`` command: Ultralytics' ``yolo`` CLI with the plugin registered, plus ``list`` and ``shapes``.
 
 yolo-plugins list
-yolo-plugins shapes model_yamls/yolov8-ca.yaml --imgsz 640
+yolo-plugins shapes yolov8n-ca.yaml --imgsz 640
+yolo-plugins swap yolo11n-seg.yaml --backbone repvit[:m1_5] [-o FILE]
 yolo-plugins benchmark [--models yolov8n.yaml yolov8n-repvit.yaml ...] [--data coco8.yaml] [--epochs 10]
-yolo-plugins train model=model_yamls/yolov8-ca.yaml data=... epochs=...   # any `yolo` command passes through
+yolo-plugins train model=yolo11n-seg-repvit.yaml data=... epochs=...   # any `yolo` command passes through
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 from .errors import PluginError
 
-OWN_COMMANDS = ("list", "shapes", "benchmark")
+OWN_COMMANDS = ("list", "shapes", "swap", "benchmark")
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
@@ -35,6 +36,17 @@ def _cmd_list(_: argparse.Namespace) -> int:
         "scaled by width like Conv (cls(c1, c2, *args[1:])), +n = takes the row's repeats; backbone = outputs a "
         "feature list (pick with Feature rows); feature = picks one backbone feature"
     )
+    from .names import models_help
+
+    print("\n" + models_help())
+    return 0
+
+
+def _cmd_swap(ns: argparse.Namespace) -> int:
+    from .swap import swap
+
+    out = swap(ns.stock, ns.backbone, ns.output, ns.force)
+    print(out if ns.output == "-" else f"wrote {out}")
     return 0
 
 
@@ -80,12 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         sub = p.add_subparsers(dest="cmd", required=True)
         sub.add_parser("list", help="registered modules, their channel rule and arguments")
         s = sub.add_parser("shapes", help="per-layer table of a model YAML")
-        s.add_argument("model", help="model YAML path")
+        s.add_argument("model", help="model YAML name (yolo11n-seg-repvit.yaml) or path")
         s.add_argument("--imgsz", default="640", help="input size: 640 or height,width (default 640)")
+        w = sub.add_parser("swap", help="write a stock model with a plugin backbone as a YAML file to edit")
+        w.add_argument("stock", help="stock model name (yolo11n-seg.yaml) or YAML path")
+        w.add_argument("--backbone", required=True, help="family or family:variant, e.g. repvit or transnext:tiny")
+        w.add_argument("-o", "--output", help="file to write (default: <stock>-<backbone>.yaml here; - prints it)")
+        w.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
         add_benchmark_args(sub.add_parser("benchmark", help="train/validate/time baselines and plugin models"))
         ns = p.parse_args(argv)
         try:
-            return {"list": _cmd_list, "shapes": _cmd_shapes, "benchmark": _cmd_benchmark}[ns.cmd](ns)
+            cmds = {"list": _cmd_list, "shapes": _cmd_shapes, "swap": _cmd_swap, "benchmark": _cmd_benchmark}
+            return cmds[ns.cmd](ns)
         except (PluginError, FileNotFoundError) as e:
             print(f"yolo-plugins: error: {e}", file=sys.stderr)
             return 2

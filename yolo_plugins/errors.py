@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["PluginError", "YAMLError", "CheckpointError", "IncompatibleUltralyticsError"]
+__all__ = [
+    "PluginError",
+    "YAMLError",
+    "UnknownModuleError",
+    "ModelNameError",
+    "CheckpointError",
+    "IncompatibleUltralyticsError",
+]
 
 
 class PluginError(ValueError):
@@ -11,6 +18,21 @@ class PluginError(ValueError):
 
 class YAMLError(PluginError):
     """A model YAML row that cannot be built: unknown module, wrong arguments, bad feature index."""
+
+
+class UnknownModuleError(YAMLError, KeyError):
+    """A YAML row names a module nobody defines. Also a ``KeyError``, the type Ultralytics' own lookup raises."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelNameError(PluginError, FileNotFoundError):
+    """A model name that is neither a file, a stock YAML, a shipped YAML nor a derivable ``<stock>-<family>`` name,
+    or one whose derivation is impossible (e.g. a stride-64 head). Also a ``FileNotFoundError``, as for stock names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class CheckpointError(PluginError):

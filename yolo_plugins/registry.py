@@ -17,7 +17,8 @@ Contract (in the spirit of mmengine's Registry):
 * A trailing mapping in a row's args is passed as keyword arguments. For backbones, a mapping as the *first* argument
   maps the YAML's scale to a variant, e.g. ``[{n: m0_9, s: m1_1}]``.
 
-The patch of Ultralytics' parser (:mod:`yolo_plugins.patch`) only reads this table.
+This module knows nothing of Ultralytics. The patch (:mod:`yolo_plugins.patch`) reads this table and, while it is
+active, subscribes to it (:func:`subscribe`) to make modules registered later nameable too.
 """
 
 from __future__ import annotations
@@ -25,12 +26,24 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch.nn as nn
 
 from .errors import PluginError
 
-__all__ = ["RULES", "Entry", "REGISTRY", "register_module", "unregister_module", "get_entry", "list_modules"]
+__all__ = [
+    "RULES",
+    "Entry",
+    "REGISTRY",
+    "register_module",
+    "unregister_module",
+    "get_entry",
+    "list_modules",
+    "Listener",
+    "subscribe",
+    "unsubscribe",
+]
 
 RULES = ("same", "scaled", "backbone", "feature")
 
@@ -57,6 +70,31 @@ class Entry:
 
 
 REGISTRY: dict[str, Entry] = {}
+
+
+class Listener(Protocol):
+    """Told about every change of :data:`REGISTRY` while subscribed."""
+
+    def added(self, entry: Entry) -> None:
+        """``entry`` was added (or replaced an entry of the same name). Raising refuses the registration."""
+
+    def removed(self, entry: Entry) -> None:
+        """``entry`` was removed."""
+
+
+_LISTENERS: list[Listener] = []
+
+
+def subscribe(listener: Listener) -> None:
+    """Call ``listener.added``/``removed`` on every later change (idempotent)."""
+    if listener not in _LISTENERS:
+        _LISTENERS.append(listener)
+
+
+def unsubscribe(listener: Listener) -> None:
+    """Stop telling ``listener`` (idempotent)."""
+    if listener in _LISTENERS:
+        _LISTENERS.remove(listener)
 
 
 def register_module(
@@ -101,23 +139,27 @@ def register_module(
                 f"a module named '{key}' is already registered ({old.cls.__module__}.{old.cls.__qualname__}); "
                 "pass name= to register under another name, or force=True to replace it"
             )
-        REGISTRY[key] = Entry(key, c, channels, repeat)
-        from . import patch
-
-        if patch.is_registered():
-            patch.inject(REGISTRY[key])
+        REGISTRY[key] = entry = Entry(key, c, channels, repeat)
+        try:
+            for listener in list(_LISTENERS):
+                listener.added(entry)
+        except BaseException:  # a listener refused it (e.g. the name clashes with Ultralytics): undo
+            if old is None:
+                del REGISTRY[key]
+            else:
+                REGISTRY[key] = old
+            raise
         return c
 
     return add if cls is None else add(cls)
 
 
 def unregister_module(name: str) -> None:
-    """Remove a module from the registry (and from Ultralytics' namespace if the patch is active)."""
+    """Remove a module from the registry (and, through the subscribed patch, from Ultralytics' namespace)."""
     entry = REGISTRY.pop(name, None)
     if entry is not None:
-        from . import patch
-
-        patch.eject(entry)
+        for listener in list(_LISTENERS):
+            listener.removed(entry)
 
 
 def get_entry(name: str) -> Entry | None:

@@ -392,6 +392,7 @@ class RepViT(Backbone, Fusable):
 
     family = "repvit"
     default_variant = "m1_0"
+    scale_variants: ClassVar[dict[str, str]] = {"n": "m0_9", "s": "m1_0", "m": "m1_1", "l": "m1_5", "x": "m2_3"}
     # depths count the blocks of each stage, the stride-2 block opening stages 2-4 included
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "m0_9": {"embed_dims": (48, 96, 192, 384), "depths": (3, 4, 16, 3)},

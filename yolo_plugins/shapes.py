@@ -42,19 +42,25 @@ def parse_imgsz(imgsz: int | str | tuple | list) -> tuple[int, int]:
 
 
 def build_model(model: str | os.PathLike | dict, verbose: bool = False) -> torch.nn.Module:
-    """Build the Ultralytics model of a YAML path or dict with the class its task needs (detect, segment, ...)."""
+    """Build the Ultralytics model of a YAML name, path or dict with the class its task needs (detect, segment,
+    pose, obb, classify, and semantic/depth where the installed Ultralytics has them)."""
     from ultralytics.nn import tasks
 
     cfg = model if isinstance(model, dict) else tasks.yaml_model_load(model)
     task = tasks.guess_model_task(cfg)
-    cls = {
-        "detect": tasks.DetectionModel,
-        "segment": tasks.SegmentationModel,
-        "pose": tasks.PoseModel,
-        "obb": tasks.OBBModel,
-        "classify": tasks.ClassificationModel,
-    }.get(task, tasks.DetectionModel)
+    cls = getattr(tasks, TASK_MODELS.get(task, "DetectionModel"), tasks.DetectionModel)
     return cls(cfg, verbose=verbose)
+
+
+TASK_MODELS = {
+    "detect": "DetectionModel",
+    "segment": "SegmentationModel",
+    "semantic": "SemanticSegmentationModel",
+    "depth": "DepthModel",
+    "pose": "PoseModel",
+    "obb": "OBBModel",
+    "classify": "ClassificationModel",
+}  # Ultralytics task -> model class in ultralytics.nn.tasks
 
 
 def _describe(out: Any, h: int) -> tuple[Any, Any]:
@@ -78,9 +84,12 @@ def model_shapes(model: str | os.PathLike | dict, imgsz: int | str | tuple = 640
         >>> rows[0].module
         'ultralytics.nn.modules.conv.Conv'
     """
+    from ultralytics.nn import tasks
+
     h, w = parse_imgsz(imgsz)
+    cfg = model if isinstance(model, dict) else tasks.yaml_model_load(model)  # a derived name is derived here
     with recording() as records:
-        net = build_model(model)
+        net = build_model(cfg)
     records: list[RowRecord]
     outputs: dict[int, Any] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, k=k: outputs.__setitem__(k, o)) for k, m in enumerate(net.model)]

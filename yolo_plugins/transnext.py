@@ -912,6 +912,7 @@ class TransNeXt(Backbone):
 
     family = "transnext"
     default_variant = "micro"
+    scale_variants: ClassVar[dict[str, str]] = {"n": "micro", "s": "micro", "m": "tiny", "l": "small", "x": "base"}
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "micro": {"embed_dims": (48, 96, 192, 384), "num_heads": (2, 4, 8, 16), "depths": (2, 2, 15, 2)},
         "tiny": {"embed_dims": (72, 144, 288, 576), "num_heads": (3, 6, 12, 24), "depths": (2, 2, 15, 2)},

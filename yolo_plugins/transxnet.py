@@ -647,6 +647,7 @@ class TransXNet(Backbone):
 
     family = "transxnet"
     default_variant = "t"
+    scale_variants: ClassVar[dict[str, str]] = {"n": "t", "s": "t", "m": "s", "l": "b", "x": "b"}
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "t": {
             "layers": [3, 3, 9, 3],
