@@ -165,3 +165,43 @@ def train_step(model: nn.Module, task: str = "detect", imgsz: int = 64) -> tuple
 def detection_train_step(model: nn.Module, imgsz: int = 64) -> tuple[torch.Tensor, object]:
     """One Ultralytics detection loss + backward on a generated batch of two images; returns (loss, loss items)."""
     return train_step(model, "detect", imgsz)
+
+
+def run_ddp_worker(model: str, data: str, worker_train: str, cwd: Path) -> str:
+    """Generate Ultralytics' multi-GPU worker script for a DetectionTrainer on ``model`` and run it in a fresh
+    interpreter on the CPU, ``BaseTrainer.train`` replaced by ``worker_train`` (the source of a ``train(self)``
+    function printing what the worker has after start-up). Returns the worker's output."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils.dist import generate_ddp_file
+
+    trainer = DetectionTrainer(
+        overrides=dict(
+            model=model, data=data, epochs=1, imgsz=64, device="cpu", workers=0, plots=False,
+            project=str(cwd), name="ddp",
+        )
+    )  # fmt: skip
+    trainer.model = trainer.get_model(cfg=model, verbose=False)
+    script = generate_ddp_file(trainer)
+    code = textwrap.dedent(worker_train) + textwrap.dedent(
+        f"""
+        import runpy
+        import ultralytics.engine.trainer as T
+        T.BaseTrainer.train = train
+        runpy.run_path({script!r}, run_name="__main__")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+    finally:
+        for f in (script, script.replace(".py", ".pt")):
+            if os.path.exists(f):
+                os.remove(f)
+    assert p.returncode == 0, f"STDOUT:\n{p.stdout[-3000:]}\nSTDERR:\n{p.stderr[-3000:]}"
+    return p.stdout + p.stderr

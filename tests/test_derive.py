@@ -170,7 +170,7 @@ def test_fixed_variant_and_scale_without_letter():
     v9 = next(CFG.rglob("yolov9c.yaml"), None)
     if v9 is not None:  # no `scales` table: the letter of the file name (c ~ l)
         assert derive(load_yaml(v9), parse_backbone("repvit"), "yolov9c").yaml["backbone"][0][3] == ["m1_5"]
-    with pytest.raises(PluginError, match="Families: repvit, transnext, transxnet"):
+    with pytest.raises(PluginError, match="Families: repvit, timm, transnext, transxnet"):
         parse_backbone("resnet")
     with pytest.raises(PluginError, match="Valid variants: t, s, b"):
         parse_backbone("transxnet:xl")

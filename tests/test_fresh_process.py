@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 import ultralytics
-from conftest import YAMLS
+from conftest import YAMLS, run_ddp_worker
 from ultralytics.utils import ASSETS
 
 ENV = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
@@ -178,46 +178,19 @@ def test_restricted_loading_allows_plugin_checkpoints(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_worker_script_builds_plugin_model(ca_yaml, tmp_path):
-    from ultralytics.models.yolo.detect import DetectionTrainer
-    from ultralytics.utils.dist import generate_ddp_file
-
     from yolo_plugins.data import DatasetSpec, make_dataset
 
     data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))
-    trainer = DetectionTrainer(
-        overrides=dict(
-            model=str(ca_yaml),
-            data=str(data),
-            epochs=1,
-            imgsz=64,
-            device="cpu",
-            workers=0,
-            plots=False,
-            project=str(tmp_path),
-            name="ddp",
-        )
+    out = run_ddp_worker(
+        str(ca_yaml),
+        str(data),
+        """
+        def train(self):  # stands in for the multi-GPU loop: what a worker has after start-up
+            from ultralytics.nn.tasks import DetectionModel
+            names = {type(m).__name__ for m in self.model.modules()}
+            rebuilt = DetectionModel(self.args.model, nc=5, verbose=False)
+            print("WORKER", "ContextAggregation" in names, type(rebuilt.model[16]).__name__)
+        """,
+        tmp_path,
     )
-    trainer.model = trainer.get_model(cfg=str(ca_yaml), verbose=False)
-    script = generate_ddp_file(trainer)
-    try:
-        out = run(
-            f"""
-            import runpy, torch
-            import ultralytics.engine.trainer as T
-
-            def train(self):  # stands in for the multi-GPU loop: what a worker has after start-up
-                from ultralytics.nn.tasks import DetectionModel
-                names = {{type(m).__name__ for m in self.model.modules()}}
-                rebuilt = DetectionModel(self.args.model, nc=5, verbose=False)
-                print("WORKER", "ContextAggregation" in names, type(rebuilt.model[16]).__name__)
-
-            T.BaseTrainer.train = train
-            runpy.run_path({script!r}, run_name="__main__")
-            """,
-            tmp_path,
-        )
-    finally:
-        for f in (script, script.replace(".py", ".pt")):
-            if os.path.exists(f):
-                os.remove(f)
     assert "WORKER True ContextAggregation" in out

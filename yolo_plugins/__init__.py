@@ -21,6 +21,7 @@ from .registry import list_modules, register_module, unregister_module
 FAMILIES = (
     "context_aggregation",
     "repvit",
+    "timm_backbone",
     "transnext",
     "transxnet",
 )  # module files that register plugin modules on import

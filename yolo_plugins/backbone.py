@@ -45,6 +45,7 @@ class Backbone(nn.Module):
     # YOLO scale letter -> variant, used by the shipped YAMLs and by derived model names (yolo11s-repvit.yaml)
     scale_variants: ClassVar[dict[str, str]] = {}
     feature_strides: ClassVar[tuple[int, ...]] = (4, 8, 16, 32)  # strides of the returned features (all variants)
+    variants_help: ClassVar[str] = ""  # what `yolo-plugins list` says of a family without a fixed variant table
 
     def __init__(self, variant: str | None = None):
         super().__init__()
@@ -138,7 +139,8 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None, **kwarg
     """Build a plugin backbone by name, like timm's ``create_model(..., features_only=True)``.
 
     Args:
-        name: ``<family>_<variant>``, e.g. ``"repvit_m1_0"``, ``"transnext_micro"``, ``"transxnet_t"``.
+        name: ``<family>_<variant>`` or ``<family>:<variant>``, e.g. ``"repvit_m1_0"``, ``"transnext_micro"``,
+            ``"transxnet_t"``, ``"timm:convnext_tiny"`` (any timm model, with timm installed).
         weights: Optional official/own checkpoint file to load (classifier keys are dropped).
         **kwargs: Passed to the family's constructor (e.g. ``drop_path_rate``).
 
@@ -151,10 +153,11 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None, **kwarg
         True
     """
     families = backbone_families()
+    key = name.replace(":", "_", 1)
     for fam in sorted(families, key=len, reverse=True):
-        if name.lower().startswith(fam + "_"):
-            cls, variant = families[fam], name[len(fam) + 1 :]
-            if variant not in cls.variants:
+        if key.lower().startswith(fam + "_"):
+            cls, variant = families[fam], key[len(fam) + 1 :]
+            if cls.variants and variant not in cls.variants:
                 valid = ", ".join(f"{fam}_{v}" for v in cls.variants)
                 raise PluginError(f"unknown backbone '{name}': {cls.__name__} variants are {valid}")
             return cls(variant, weights=weights, **kwargs)

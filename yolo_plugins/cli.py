@@ -25,7 +25,7 @@ def _cmd_list(_: argparse.Namespace) -> int:
     for e in list_modules():
         args = e.signature
         if isinstance(e.cls, type) and issubclass(e.cls, Backbone):
-            args += f"  variants: {', '.join(e.cls.variants)}"
+            args += f"  variants: {', '.join(e.cls.variants) or e.cls.variants_help}"
         rows.append((e.name, e.rule + (" +n" if e.repeat else ""), args, e.summary))
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     print(f"{'module':<{w0}}  {'channels':<{w1}}  arguments / description")

@@ -58,8 +58,22 @@ class BackboneChoice:
         return self.family if self.variant is None else f"{self.family}_{self.variant}"
 
     @property
+    def label(self) -> str:
+        """``RepViT``, ``RepViT m1_5``, ``Timm convnext_tiny``."""
+        return self.cls.__name__ + (f" {self.variant}" if self.variant else "")
+
+    @property
     def yaml_name(self) -> str:
         return next(e.name for e in REGISTRY.values() if e.cls is self.cls)
+
+    @property
+    def feature_strides(self) -> tuple[int, ...]:
+        """Strides of the features the backbone returns (a timm model's are read from timm)."""
+        if self.family == "timm":
+            from .timm_backbone import timm_feature_info
+
+            return tuple(timm_feature_info(self.variant)[1])
+        return tuple(self.cls.feature_strides)
 
     def row_args(self, scales: dict | None, stem: str = "") -> list:
         """The backbone row's args: ``[variant]`` or ``[{scale: variant}]`` over the stock YAML's scales."""
@@ -83,6 +97,8 @@ def parse_backbone(text: str) -> BackboneChoice:
             f"unknown backbone family '{name}'. Families: {', '.join(sorted(families))} "
             "(optionally with a variant: repvit:m1_5)"
         )
+    if not sep and not cls.scale_variants:  # no variant per scale (timm): the name must say which
+        cls.check_variant("")
     return BackboneChoice(cls, cls.check_variant(variant) if sep else None)
 
 
@@ -150,11 +166,12 @@ def derive(stock: dict, backbone: BackboneChoice, source: str = "the stock YAML"
                 "(e.g. yolo11n-cls.yaml, not yolo11-cls-resnet18.yaml)"
             )
     strides = backbone_strides(stock)
-    deep = [s for s in strides if s and s > max(backbone.cls.feature_strides)]
+    provided = backbone.feature_strides
+    deep = [s for s in strides if s and s > max(provided)]
     if deep:
         raise ModelNameError(
             f"{source} has a stride-{max(deep)} level (a P{int(math.log2(max(deep)))} head); plugin backbones end at "
-            f"stride {max(backbone.cls.feature_strides)}. Derive from the P5 model instead (the same name without "
+            f"stride {max(provided)}. Derive from the P5 model instead (the same name without "
             "-p6)."
         )
     k = len(rows_b)
@@ -166,19 +183,19 @@ def derive(stock: dict, backbone: BackboneChoice, source: str = "the stock YAML"
         for src in _sources(row[0], j):
             if src < k:
                 s = strides[src]
-                if s not in backbone.cls.feature_strides:
+                if s not in provided:
                     what = f"its stride-{s} output" if s else "a non-tensor output"
                     raise ModelNameError(
-                        f"{source} cannot take a {backbone.cls.__name__} backbone: row {j} ({row[2]}) reads stock "
+                        f"{source} cannot take a {backbone.label} backbone: row {j} ({row[2]}) reads stock "
                         f"row {src} ({rows_b[src][2]}), {what}; the backbone provides strides "
-                        f"{'/'.join(map(str, backbone.cls.feature_strides))} only."
+                        f"{'/'.join(map(str, provided))} only."
                     )
                 needed.add(s)
     if not needed:
         raise ModelNameError(f"{source}: no later row reads the stock backbone, nothing to swap")
     needed = sorted(needed)
     front = [[-1, 1, backbone.yaml_name, backbone.row_args(stock.get("scales"), source)]]
-    front += [[0, 1, "Feature", [backbone.cls.feature_strides.index(s)]] for s in needed]
+    front += [[0, 1, "Feature", [provided.index(s)]] for s in needed]
     feature_row = {s: 1 + i for i, s in enumerate(needed)}
     project = k < len(rows_b) and rows_b[k][2] in SAME_CHANNEL_BLOCKS and rows_b[k][0] == -1
     if project:
@@ -189,7 +206,7 @@ def derive(stock: dict, backbone: BackboneChoice, source: str = "the stock YAML"
         return feature_row[strides[old]] if old < k else old + offset
 
     remapped = []
-    notes = {0: f"{backbone.cls.__name__} features at strides {'/'.join(map(str, backbone.cls.feature_strides))}"}
+    notes = {0: f"{backbone.cls.__name__} features at strides {'/'.join(map(str, provided))}"}
     for s, i in feature_row.items():
         notes[i] = f"P{int(math.log2(s))}/{s}"
     if len(front) > len(feature_row) + 1:
@@ -233,7 +250,8 @@ def to_yaml(d: Derived, name: str, origin: str = "") -> str:
         f"# Backbone: {doc}",
         f"# Derived by yolo-plugins{origin}: stock backbone rows 0-{d.replaced - 1} -> {cls.__name__} + Feature rows "
         f"({feats}){kept}; every later 'from' remapped.",
-        f"# Pretrained backbone: [-1, 1, {d.backbone.yaml_name}, [{cls.default_variant}, path/to/checkpoint.pth]]"
+        f"# Pretrained backbone: [-1, 1, {d.backbone.yaml_name}, [{d.backbone.variant or cls.default_variant}, "
+        "path/to/checkpoint.pth]]"
         " (one variant then).",
         "",
     ]

@@ -19,6 +19,9 @@ nothing. If installing fails half-way, everything installed so far is restored b
 
 from __future__ import annotations
 
+import enum
+import importlib
+import importlib.util
 import sys
 import threading
 import warnings
@@ -155,19 +158,37 @@ def _make_fuse(original: Callable) -> Callable:
 
 
 # -------------------------------------------------------------------------------------------- restricted loading
-def _safe_globals() -> dict[str, type]:
-    """Classes a pickled plugin model references: every nn.Module subclass defined in a module that defines a
-    registered class (plugin families, user modules) and the small data classes such modules list in
-    ``__safe_globals__`` (feature info, never-pickled caches). Keyed like Ultralytics' allow-list: "module.Name"."""
+def _safe_globals(import_packages: bool = False) -> dict[str, type]:
+    """Classes a pickled plugin model references, keyed like Ultralytics' allow-list ("module.Name"): every nn.Module
+    subclass defined in a module that defines a registered class (plugin families, user modules) and the small data
+    classes such modules list in ``__safe_globals__`` (feature info, never-pickled caches). A module may also name
+    third-party packages in ``__safe_packages__`` (the Timm row: ``timm``) and their data classes in
+    ``__safe_package_data__``: their nn.Modules and enums join too, from the package's modules already imported, or,
+    with ``import_packages``, after importing the package where it is installed."""
     out = {}
+    packages, package_data = set(), set()
     for mod_name in {e.cls.__module__ for e in REGISTRY.values()} | {"yolo_plugins.backbone"}:
         mod = sys.modules.get(mod_name)
         if mod is None:
             continue
         extra = tuple(getattr(mod, "__safe_globals__", ()))
+        packages.update(getattr(mod, "__safe_packages__", ()))
+        package_data.update(getattr(mod, "__safe_package_data__", ()))
         for obj in vars(mod).values():
             if isinstance(obj, type) and obj.__module__ == mod_name and (issubclass(obj, nn.Module) or obj in extra):
                 out[f"{mod_name}.{obj.__qualname__}"] = obj
+    for package in sorted(packages):
+        if import_packages and package not in sys.modules and importlib.util.find_spec(package) is not None:
+            importlib.import_module(package)
+        for mod_name, mod in list(sys.modules.items()):
+            if mod is None or not (mod_name == package or mod_name.startswith(package + ".")):
+                continue
+            for obj in list(vars(mod).values()):
+                if not (isinstance(obj, type) and obj.__module__ == mod_name):
+                    continue
+                key = f"{mod_name}.{obj.__qualname__}"
+                if issubclass(obj, (nn.Module, enum.Enum)) or key in package_data:
+                    out[key] = obj
     return out
 
 
@@ -225,7 +246,7 @@ class _AllowList:
         """Bring a container already built in line with the registry."""
         owner = self._owner()
         container = getattr(owner, self._cache_attr(owner))
-        entries = _safe_globals()
+        entries = _safe_globals(import_packages=container is not None)
         lock = getattr(owner, "_lock", None) or threading.Lock()
         with lock:
             if container is not None:
@@ -239,8 +260,8 @@ class _AllowList:
             return
 
         def make(original: classmethod) -> classmethod:
-            def _build(cls):
-                return self._add(original.__func__(cls), _safe_globals())
+            def _build(cls):  # the first restricted load: third-party packages of plugin rows are imported now
+                return self._add(original.__func__(cls), _safe_globals(import_packages=True))
 
             return classmethod(_build)
 

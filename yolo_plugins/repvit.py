@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .backbone import Backbone, FeatureInfo
-from .errors import PluginError
+from .errors import CheckpointError, PluginError
 from .layers import CSPBlock, DropPath, Fusable, drop_path_rates, fuse_conv_bn
 from .registry import register_module
 
@@ -482,10 +482,13 @@ class RepViT(Backbone, Fusable):
     def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         """Official keys are ours; drop the head (or its distillation half) the model does not have.
 
-        Also accepts the official mmdet/mmseg checkpoints (``backbone.features.*``; their neck/head keys are dropped).
+        Also accepts the official mmdet/mmseg checkpoints (``backbone.features.*``; their neck/head keys are dropped)
+        and timm's RepViT checkpoints (``stem.*``, ``stages.*``, ``head.*``: the official weights in timm's layout).
         """
         if any(k.startswith("backbone.features.") for k in state_dict):
             state_dict = {k[9:]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+        if "stem.conv1.c.weight" in state_dict:
+            state_dict = _from_timm_layout(state_dict, model)
         head = getattr(model, "num_classes", 0) > 0
         dist = head and getattr(model, "distillation", False)
         out = {}
@@ -494,6 +497,31 @@ class RepViT(Backbone, Fusable):
                 continue
             out[k] = v
         return out
+
+
+def _from_timm_layout(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's RepViT keys -> the official ones. timm keeps the official tensors and their order and renames the
+    modules (``stem.conv1`` = ``features.0.0``, ``stages.i.blocks.j`` = ``features.k``, ...): body tensors pair up in
+    order, each pair checked by shape and parameter name; the heads map by name."""
+    own = {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
+    body = [k for k in state_dict if not k.startswith("head.")]
+    name = getattr(model, "name", type(model).__name__)
+    if len(body) != len(own):
+        raise CheckpointError(
+            f"this timm RepViT checkpoint has {len(body)} backbone tensors, {name} has {len(own)}: it is a checkpoint "
+            "of another variant"
+        )
+    out = {}
+    for a, b in zip(body, own):
+        if a.rsplit(".", 1)[-1] != b.rsplit(".", 1)[-1] or state_dict[a].shape != own[b].shape:
+            raise CheckpointError(
+                f"timm RepViT checkpoint tensor '{a}' {list(state_dict[a].shape)} does not pair with '{b}' "
+                f"{list(own[b].shape)} of {name}: it is a checkpoint of another variant"
+            )
+        out[b] = state_dict[a]
+    for prefix, ours in (("head.head_dist.", "classifier.classifier_dist."), ("head.head.", "classifier.classifier.")):
+        out.update({ours + k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------- benchmark
