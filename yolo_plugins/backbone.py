@@ -91,10 +91,14 @@ class Backbone(nn.Module):
         return state_dict
 
     def load_weights(self, path: str | os.PathLike, strict: bool = True):
-        """Load an official (or own) checkpoint file; see :func:`yolo_plugins.checkpoint.load_pretrained`."""
+        """Load a checkpoint file, or a published one by name (``imagenet``, a tag, an official file name: found in
+        or downloaded once to the weights folder, see :mod:`yolo_plugins.weights`); keys are mapped by
+        :meth:`checkpoint_filter_fn`, see :func:`yolo_plugins.checkpoint.load_pretrained`."""
         from .checkpoint import load_pretrained
+        from .weights import resolve_weights
 
-        return load_pretrained(self, path, self.checkpoint_filter_fn, strict=strict, name=self.name)
+        file = resolve_weights(self.family, self.variant, path)
+        return load_pretrained(self, file, self.checkpoint_filter_fn, strict=strict, name=self.name)
 
     @property
     def name(self) -> str:

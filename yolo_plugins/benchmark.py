@@ -1,9 +1,11 @@
 """The main job: train baselines and plugin models under identical settings, then compare mAP, speed and size.
 
-Every model gets the same data, image size, epochs, batch, seed and hyper-parameters. For each one the run folder
-holds its Ultralytics training run and a ``metrics.json``; when all are done ``results.csv``, ``results.md`` and
-``results.png`` (mAP50-95 against fused CPU latency) summarise them. A re-run with the same folder skips models that
-already have ``metrics.json``; Ctrl-C keeps what finished.
+Every model gets the same data, image size, epochs, batch, hyper-parameters and seeds; each is trained once per seed
+(``seeds``), so the tables carry the spread that a different seed alone produces. For each model and seed the run
+folder holds its Ultralytics training run and a ``metrics.json``; when all are done ``results.csv`` and
+``results.md`` (mean, standard deviation and range over the seeds), ``results.png`` (mAP50-95 against fused CPU
+latency, with error bars) and ``curves.png`` (validation mAP50-95 and training loss per epoch of every model)
+summarise them. A re-run with the same folder skips what already has ``metrics.json``; Ctrl-C keeps what finished.
 """
 
 from __future__ import annotations
@@ -22,23 +24,54 @@ import torch
 
 from .names import resolve_model
 
-__all__ = ["BenchmarkConfig", "DEFAULT_BASELINES", "DEFAULT_PLUGINS", "resolve_model", "run_benchmark"]
+__all__ = ["BenchmarkConfig", "DEFAULT_MODELS", "NO_AUGMENTATION", "resolve_model", "run_benchmark", "summarise"]
 
-DEFAULT_BASELINES = ("yolov8n.yaml", "yolo11n.yaml")
-DEFAULT_PLUGINS = ("yolov8n-ca.yaml", "yolov8n-repvit.yaml", "yolov8n-transxnet.yaml", "yolov8n-transnext.yaml")
-COLUMNS = ("model", "params_M", "GFLOPs", "mAP50", "mAP50-95", "cpu_ms", "gpu_ms", "train_s", "epochs", "imgsz")
+DEFAULT_MODELS = ("yolov8n.yaml", "yolov8n-repvit.yaml", "yolov8n-transxnet.yaml", "yolov8n-transnext.yaml")
+COLUMNS = (
+    "model",
+    "weights",
+    "params_M",
+    "GFLOPs",
+    "mAP50",
+    "mAP50_std",
+    "mAP50-95",
+    "mAP50-95_std",
+    "mAP50-95_min",
+    "mAP50-95_max",
+    "seeds",
+    "cpu_ms",
+    "gpu_ms",
+    "train_s",
+    "epochs",
+    "imgsz",
+)
+
+
+# Ultralytics train arguments that switch every augmentation off (mosaic is off in the benchmark already)
+NO_AUGMENTATION = {
+    "mosaic": 0.0,
+    "hsv_h": 0.0,
+    "hsv_s": 0.0,
+    "hsv_v": 0.0,
+    "degrees": 0.0,
+    "translate": 0.0,
+    "scale": 0.0,
+    "fliplr": 0.0,
+}
 
 
 @dataclass
 class BenchmarkConfig:
-    """Settings shared by every model of a benchmark run (defaults: the ~15-minute CPU run on embedded data)."""
+    """Settings shared by every model of a benchmark run (defaults: the README's CPU run on the embedded data)."""
 
-    models: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES + DEFAULT_PLUGINS))
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     data: str | None = None  # an Ultralytics data YAML; None = the embedded dataset
     imgsz: int = 128
     epochs: int = 12
     batch: int = 4
+    seeds: int = 2  # each model is trained with seeds seed, seed+1, ...
     seed: int = 0
+    weights: str | None = None  # e.g. "imagenet": the plugin backbones start from their published checkpoints
     device: str = ""  # "" = Ultralytics' choice (GPU when present)
     workers: int = 2
     project: str = "runs/yolo-plugins-benchmark"
@@ -46,13 +79,14 @@ class BenchmarkConfig:
     n_train: int = 160  # embedded dataset size
     n_val: int = 48
     latency_runs: int = 20
-    # extra Ultralytics train arguments, the same for every model. The defaults suit a short from-scratch CPU schedule
+    # Ultralytics train arguments, the same for every model. The defaults suit a short from-scratch CPU schedule
     # (measured with YOLOv8n on the embedded data, 12 epochs at 128 px: an optimizer step per batch of 4 (nbs = batch)
     # learned fastest of the settings tried: mAP50-95 0.06-0.08, against 0.04 with batch 8 and 0.004 with Ultralytics'
-    # default nbs=64, which accumulates 8-16 batches per step; AdamW beat SGD; validation only after the last epoch)
+    # default nbs=64, which accumulates 8-16 batches per step; AdamW beat SGD). Validation runs every epoch (curves).
     train_args: dict[str, Any] = field(
-        default_factory=lambda: {"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 1, "mosaic": 0.0, "val": False}
+        default_factory=lambda: {"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 1, "mosaic": 0.0}
     )
+    extra: dict[str, Any] = field(default_factory=dict)  # user key=value train arguments, applied over train_args
 
     @property
     def run_dir(self) -> Path:
@@ -81,12 +115,10 @@ def _latency_ms(model: torch.nn.Module, imgsz: int, device: str, runs: int) -> f
     return statistics.median(times)
 
 
-def _measure(best: Path, cfg: BenchmarkConfig, data: str) -> dict[str, Any]:
+def _validate(best: Path, cfg: BenchmarkConfig, data: str) -> dict[str, float]:
     from ultralytics import YOLO
-    from ultralytics.utils.torch_utils import get_flops, get_num_params
 
-    yolo = YOLO(str(best))
-    metrics = yolo.val(
+    metrics = YOLO(str(best)).val(
         data=data,
         imgsz=cfg.imgsz,
         batch=cfg.batch,
@@ -94,39 +126,71 @@ def _measure(best: Path, cfg: BenchmarkConfig, data: str) -> dict[str, Any]:
         plots=False,
         verbose=False,
         project=str(cfg.run_dir / "_val"),
-        name=best.parents[1].name,
+        name=f"{best.parents[2].name}-{best.parents[1].name}",
         exist_ok=True,
     )
-    net = yolo.model.float()
-    params = get_num_params(net)
-    gflops = get_flops(net, cfg.imgsz)
+    return {"mAP50": round(float(metrics.box.map50), 4), "mAP50-95": round(float(metrics.box.map), 4)}
+
+
+_SIZE_KEYS = ("params_M", "GFLOPs", "cpu_ms", "gpu_ms")
+
+
+def _size_and_speed(best: Path, cfg: BenchmarkConfig) -> dict[str, Any]:
+    """Parameters, GFLOPs (Ultralytics' count) and fused latency of one trained model (the same for every seed)."""
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+    net = YOLO(str(best)).model.float()
+    params, gflops = get_num_params(net), get_flops(net, cfg.imgsz)
     net.fuse(verbose=False)
-    out = {
+    return {
         "params_M": round(params / 1e6, 3),
         "GFLOPs": round(gflops, 2),
-        "mAP50": round(float(metrics.box.map50), 4),
-        "mAP50-95": round(float(metrics.box.map), 4),
         "cpu_ms": round(_latency_ms(net, cfg.imgsz, "cpu", cfg.latency_runs), 1),
         "gpu_ms": round(_latency_ms(net, cfg.imgsz, "cuda", cfg.latency_runs), 2) if torch.cuda.is_available() else "",
     }
-    return out
 
 
-def _train(model: str, cfg: BenchmarkConfig, data: str) -> tuple[Path, float]:
+def _with_weights(model: str, cfg: BenchmarkConfig) -> tuple[str, str]:
+    """(model to train, label): with ``cfg.weights``, a copy of the model YAML whose backbone rows load those
+    weights, written to the run folder (a stock model has none and is returned as it is)."""
+    label = _label(model)
+    if not cfg.weights:
+        return model, label
+    import yaml
+
+    from .backbone import Backbone
+    from .compat import tasks
+    from .registry import REGISTRY
+
+    d = tasks().yaml_model_load(resolve_model(model))
+    rows = d["backbone"] + d["head"]
+    backbones = [r for r in rows if r[2] in REGISTRY and issubclass(REGISTRY[r[2]].cls, Backbone)]
+    if not backbones:
+        return model, label
+    for r in backbones:  # [variant or {scale: variant}, weights, {keyword: value}]
+        r[3] = [r[3][0], cfg.weights, *[a for a in r[3][1:] if isinstance(a, dict)]]
+    label = f"{label}+{cfg.weights}"
+    path = cfg.run_dir / "models" / f"{label}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({k: v for k, v in d.items() if k not in ("scale", "yaml_file")}, sort_keys=False))
+    return str(path), label
+
+
+def _train(model: str, label: str, seed: int, cfg: BenchmarkConfig, data: str) -> tuple[Path, float]:
     from ultralytics import YOLO
 
-    label = _label(model)
     args = dict(
         data=data,
         epochs=cfg.epochs,
         imgsz=cfg.imgsz,
         batch=cfg.batch,
-        seed=cfg.seed,
+        seed=seed,
         deterministic=True,
         workers=cfg.workers,
         device=cfg.device or None,
-        project=str(cfg.run_dir),
-        name=label,
+        project=str(cfg.run_dir / label),
+        name=f"seed{seed}",
         exist_ok=True,
         plots=False,
         verbose=False,
@@ -135,12 +199,12 @@ def _train(model: str, cfg: BenchmarkConfig, data: str) -> tuple[Path, float]:
         nbs=cfg.batch,  # one optimizer step per batch (Ultralytics' nbs=64 would accumulate 64/batch batches)
     )
     args.update(cfg.train_args)
+    args.update(cfg.extra)
     t = time.perf_counter()
     YOLO(resolve_model(model)).train(**args)
     seconds = time.perf_counter() - t
-    best = cfg.run_dir / label / "weights" / "best.pt"
-    if not best.is_file():
-        best = cfg.run_dir / label / "weights" / "last.pt"
+    weights = cfg.run_dir / label / f"seed{seed}" / "weights"
+    best = weights / "best.pt" if (weights / "best.pt").is_file() else weights / "last.pt"
     return best, seconds
 
 
@@ -158,34 +222,74 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPU threads, {gpu}, torch {torch.__version__}"
 
 
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row from a model's per-seed results: mean and standard deviation of mAP50 and mAP50-95, the
+    mAP50-95 range, mean training time; size and speed from the first seed."""
+    row = {
+        k: runs[0].get(k, "") for k in ("model", "weights", "params_M", "GFLOPs", "cpu_ms", "gpu_ms", "epochs", "imgsz")
+    }
+    for key in ("mAP50", "mAP50-95"):
+        values = [r[key] for r in runs]
+        row[key] = round(statistics.fmean(values), 4)
+        row[f"{key}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+    row["mAP50-95_min"] = min(r["mAP50-95"] for r in runs)
+    row["mAP50-95_max"] = max(r["mAP50-95"] for r in runs)
+    row["seeds"] = len(runs)
+    row["train_s"] = round(statistics.fmean(r["train_s"] for r in runs), 1)
+    return row
+
+
+def _runs(cfg: BenchmarkConfig, label: str) -> list[dict[str, Any]]:
+    folder = cfg.run_dir / label
+    files = sorted(folder.glob("seed*/metrics.json"), key=lambda f: int(f.parent.name[4:]))
+    return [json.loads(f.read_text()) for f in files]
+
+
 def write_tables(cfg: BenchmarkConfig) -> tuple[list[dict], Path]:
-    """Collect every finished model's metrics.json (in config order) into results.csv / results.md / results.png."""
-    rows = []
+    """Collect every finished model's per-seed metrics (in config order) into results.csv / results.md / results.png
+    and the learning curves into curves.png."""
+    rows, curves = [], {}
     for m in cfg.models:
-        f = cfg.run_dir / _label(m) / "metrics.json"
-        if f.is_file():
-            rows.append(json.loads(f.read_text()))
+        label = _with_weights(m, cfg)[1] if cfg.weights else _label(m)
+        runs = _runs(cfg, label)
+        if runs:
+            rows.append(summarise(runs))
+            curves[label] = [cfg.run_dir / label / f"seed{r['seed']}" / "results.csv" for r in runs]
     run = cfg.run_dir
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    data = f"embedded dataset ({cfg.n_train} train / {cfg.n_val} val images)" if cfg.data is None else cfg.data
+    extra = " ".join(f"{k}={v}" for k, v in cfg.extra.items())
     md = [
-        f"Machine: {machine()}. Data: {cfg.data or 'embedded dataset'} ({cfg.n_train} train / {cfg.n_val} val images)"
-        if cfg.data is None
-        else f"Machine: {machine()}. Data: {cfg.data}",
-        f"Settings: imgsz={cfg.imgsz}, epochs={cfg.epochs}, batch={cfg.batch}, seed={cfg.seed}; latency = median "
-        f"fused fp32 forward, batch 1, over {cfg.latency_runs} runs.",
+        f"Machine: {machine()}. Data: {data}.",
+        f"Settings: imgsz={cfg.imgsz}, epochs={cfg.epochs}, batch={cfg.batch}, seeds={cfg.seeds} (from {cfg.seed}), "
+        f"backbone weights: {cfg.weights or 'none (from scratch)'}; train arguments: "
+        + " ".join(f"{k}={v}" for k, v in {**cfg.train_args, **cfg.extra}.items())
+        + (f" (passed: {extra})" if extra else "")
+        + f"; latency = median fused fp32 forward, batch 1, over {cfg.latency_runs} runs. mAP: mean +- standard "
+        "deviation over the seeds, [min, max] for mAP50-95.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| model | weights | params (M) | GFLOPs | mAP50 | mAP50-95 | mAP50-95 range | CPU ms | GPU ms | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    md += ["| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |" for r in rows]
+    md += [
+        f"| {r['model']} | {r['weights'] or '-'} | {r['params_M']} | {r['GFLOPs']} | {r['mAP50']:.3f} +- "
+        f"{r['mAP50_std']:.3f} | {r['mAP50-95']:.3f} +- {r['mAP50-95_std']:.3f} | {r['mAP50-95_min']:.3f}-"
+        f"{r['mAP50-95_max']:.3f} | {r['cpu_ms']} | {r['gpu_ms'] or '-'} | {r['train_s']} |"
+        for r in rows
+    ]
     (run / "results.md").write_text("\n".join(md) + "\n")
     if rows:
         _plot(rows, run / "results.png", cfg)
+        _plot_curves(curves, run / "curves.png", cfg)
     return rows, run / "results.md"
+
+
+def _is_baseline(label: str) -> bool:
+    return not any(k in label for k in ("repvit", "transnext", "transxnet", "timm", "-ca"))
 
 
 def _plot(rows: list[dict], path: Path, cfg: BenchmarkConfig) -> None:
@@ -196,11 +300,17 @@ def _plot(rows: list[dict], path: Path, cfg: BenchmarkConfig) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for r in rows:
-        base = not any(k in r["model"] for k in ("repvit", "transnext", "transxnet", "-ca"))
-        ax.scatter(r["cpu_ms"], r["mAP50-95"], s=60, marker="s" if base else "o", c="tab:gray" if base else "tab:blue")
-        ax.annotate(r["model"], (r["cpu_ms"], r["mAP50-95"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        base = _is_baseline(r["model"])
+        y, lo, hi = r["mAP50-95"], r["mAP50-95_min"], r["mAP50-95_max"]
+        ax.errorbar(
+            r["cpu_ms"], y, yerr=[[y - lo], [hi - y]], fmt="s" if base else "o", capsize=4,
+            color="tab:gray" if base else "tab:blue", markersize=7,
+        )  # fmt: skip
+        ax.annotate(r["model"], (r["cpu_ms"], y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlim(0, max(r["cpu_ms"] for r in rows) * 1.25)
+    ax.set_ylim(0, max(max(r["mAP50-95_max"] for r in rows) * 1.25, 0.01))
     ax.set_xlabel(f"CPU latency, fused, batch 1, {cfg.imgsz}px (ms)")
-    ax.set_ylabel("mAP50-95 (val)")
+    ax.set_ylabel(f"mAP50-95 (val), mean and range over {cfg.seeds} seed(s)")
     ax.set_title(f"yolo-plugins benchmark: {cfg.epochs} epochs, imgsz {cfg.imgsz}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -208,8 +318,49 @@ def _plot(rows: list[dict], path: Path, cfg: BenchmarkConfig) -> None:
     plt.close(fig)
 
 
+def _read_curve(path: Path) -> dict[str, list[float]]:
+    with open(path) as fh:
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(fh)]
+    loss = [sum(float(r[f"train/{k}_loss"]) for k in ("box", "cls", "dfl") if f"train/{k}_loss" in r) for r in rows]
+    return {"mAP50-95": [float(r.get("metrics/mAP50-95(B)", 0) or 0) for r in rows], "loss": loss}
+
+
+def _plot_curves(curves: dict[str, list[Path]], path: Path, cfg: BenchmarkConfig) -> None:
+    """Validation mAP50-95 and training loss per epoch of every model (mean over seeds, band = range)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    for label, files in curves.items():
+        runs = [_read_curve(f) for f in files if f.is_file()]
+        if not runs:
+            continue
+        for ax, key in zip(axes, ("mAP50-95", "loss")):
+            n = min(len(r[key]) for r in runs)
+            values = [[r[key][i] for r in runs] for i in range(n)]
+            epochs = list(range(1, n + 1))
+            line = ax.plot(epochs, [statistics.fmean(v) for v in values], label=label, lw=1.6)[0]
+            if len(runs) > 1:
+                ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], alpha=0.2,
+                                color=line.get_color())  # fmt: skip
+    axes[0].set_ylabel("validation mAP50-95")
+    axes[1].set_ylabel("training loss (box + cls + dfl)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.set_xlim(left=1)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"learning curves: mean over {cfg.seeds} seed(s), band = range; imgsz {cfg.imgsz}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def run_benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], Path]:
-    """Train, validate and time every model of ``cfg``; returns the table rows and the Markdown file."""
+    """Train, validate and time every model of ``cfg`` once per seed; returns the table rows and the Markdown file."""
     from .data import DatasetSpec, make_dataset
 
     for m in cfg.models:
@@ -220,25 +371,33 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], Path]:
         make_dataset(run.parent / "embedded-data", DatasetSpec(cfg.n_train, cfg.n_val, imgsz=max(cfg.imgsz, 64)))
     )
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+    jobs = [(m, s) for m in cfg.models for s in seeds]
     try:
-        for k, m in enumerate(cfg.models, 1):
-            label = _label(m)
-            out = run / label / "metrics.json"
+        for k, (m, seed) in enumerate(jobs, 1):
+            model, label = _with_weights(m, cfg)
+            out = run / label / f"seed{seed}" / "metrics.json"
+            tag = f"[{k}/{len(jobs)}] {label} seed {seed}"
             if out.is_file():
-                log(f"[{k}/{len(cfg.models)}] {label}: done in an earlier run, skipped")
+                log(f"{tag}: done in an earlier run, skipped")
                 continue
-            log(f"[{k}/{len(cfg.models)}] {label}: training {cfg.epochs} epochs at {cfg.imgsz}px ...")
-            best, seconds = _train(m, cfg, data)
-            log(f"[{k}/{len(cfg.models)}] {label}: trained in {seconds:.0f}s; validating and timing ...")
+            log(f"{tag}: training {cfg.epochs} epochs at {cfg.imgsz}px ...")
+            best, seconds = _train(model, label, seed, cfg, data)
+            log(f"{tag}: trained in {seconds:.0f}s; validating{' and timing' if seed == seeds[0] else ''} ...")
+            prior = _runs(cfg, label)  # size and speed do not depend on the seed: measured once
+            size = {k: prior[0][k] for k in _SIZE_KEYS} if prior else _size_and_speed(best, cfg)
             res = {
                 "model": label,
-                **_measure(best, cfg, data),
+                "weights": cfg.weights or "",
+                "seed": seed,
+                **size,
+                **_validate(best, cfg, data),
                 "train_s": round(seconds, 1),
                 "epochs": cfg.epochs,
                 "imgsz": cfg.imgsz,
             }
             out.write_text(json.dumps(res, indent=1))
-            log(f"[{k}/{len(cfg.models)}] {label}: mAP50-95 {res['mAP50-95']}, {res['cpu_ms']} ms CPU")
+            log(f"{tag}: mAP50-95 {res['mAP50-95']}, {res['cpu_ms']} ms CPU")
     except KeyboardInterrupt:
         log("interrupted: writing the tables of the models that finished")
         rows, md = write_tables(cfg)
@@ -246,5 +405,5 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], Path]:
         raise
     rows, md = write_tables(cfg)
     log(md.read_text())
-    log(f"results: {run / 'results.csv'}, {md}, {run / 'results.png'}")
+    log(f"results: {run / 'results.csv'}, {md}, {run / 'results.png'}, {run / 'curves.png'}")
     return rows, md

@@ -3,6 +3,7 @@
 yolo-plugins list
 yolo-plugins shapes yolov8n-ca.yaml --imgsz 640
 yolo-plugins swap yolo11n-seg.yaml --backbone repvit[:m1_5] [-o FILE]
+yolo-plugins weights [repvit_m1_0 [imagenet|TAG]] [--no-download]
 yolo-plugins benchmark [--models yolov8n.yaml yolov8n-repvit.yaml ...] [--data coco8.yaml] [--epochs 10]
 yolo-plugins train model=yolo11n-seg-repvit.yaml data=... epochs=...   # any `yolo` command passes through
 """
@@ -14,7 +15,7 @@ import sys
 
 from .errors import PluginError
 
-OWN_COMMANDS = ("list", "shapes", "swap", "benchmark")
+OWN_COMMANDS = ("list", "shapes", "swap", "weights", "benchmark")
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
@@ -57,17 +58,92 @@ def _cmd_shapes(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_weights(ns: argparse.Namespace) -> int:
+    from .weights import CHECKPOINTS, resolve_weights, weights_dir
+
+    folder = weights_dir()
+    if not ns.backbone:
+        rows = [
+            (
+                c.name,
+                c.tag + (" (imagenet)" if c.default else ""),
+                c.file,
+                "yes" if (folder / c.file).is_file() else "-",
+                c.url,
+            )
+            for c in CHECKPOINTS
+        ]
+        head = ("backbone", "tag", "file", "present", "url")
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+        for r in [head, *rows]:
+            print("  ".join(f"{v:<{w}}" for v, w in zip(r[:4], widths)) + "  " + r[4])
+        print(f"\nweights folder: {folder} (YOLO_PLUGINS_WEIGHTS_DIR to move it)")
+        return 0
+    from .backbone import backbone_families
+
+    family, _, variant = ns.backbone.replace(":", "_", 1).partition("_")
+    if family not in backbone_families():
+        raise PluginError(f"unknown backbone '{ns.backbone}'; `yolo-plugins weights` lists the published checkpoints")
+    from .weights import find_checkpoint
+
+    c = find_checkpoint(family, variant, ns.tag)
+    if c is not None and ns.no_download and not (folder / c.file).is_file():
+        print(f"missing: put {c.url} at {folder / c.file}")
+        return 1
+    print(resolve_weights(family, variant, ns.tag))
+    return 0
+
+
+BENCHMARK_HELP = {
+    "models": "models to compare: stock names, plugin names (shipped or derived) or YAML paths",
+    "data": "an Ultralytics data YAML; None: the embedded generated dataset, made in the project folder",
+    "imgsz": "training and validation image size",
+    "epochs": "training epochs per model and seed",
+    "batch": "batch size (also nbs: one optimizer step per batch)",
+    "seeds": "trainings per model, with seeds SEED, SEED+1, ...: the tables report mean, std and range",
+    "seed": "first seed",
+    "weights": "backbone weights for the plugin models, e.g. imagenet (published checkpoints; labelled +imagenet)",
+    "device": "training device, e.g. cpu, 0 or 0,1; empty: Ultralytics' choice",
+    "workers": "dataloader workers",
+    "project": "folder of benchmark runs",
+    "name": "run name: results go to PROJECT/NAME; a re-run with the same name skips finished trainings",
+    "n_train": "embedded dataset: training images",
+    "n_val": "embedded dataset: validation images",
+    "latency_runs": "timed forward passes for the CPU (and GPU) latency",
+}
+
+
 def add_benchmark_args(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``yolo-plugins benchmark`` (shared with scripts/benchmark.py)."""
+    """Arguments of ``yolo-plugins benchmark`` (shared with scripts/benchmark.py); any ``key=value`` after them is
+    an Ultralytics train argument for every model (see :func:`benchmark_extras`)."""
     from .benchmark import BenchmarkConfig
 
     d = BenchmarkConfig()
-    p.add_argument("--models", nargs="+", default=d.models, help="baselines and plugin models (YAML names or paths)")
-    p.add_argument("--data", default=None, help="Ultralytics data YAML (default: the embedded generated dataset)")
-    for name in ("imgsz", "epochs", "batch", "seed", "workers", "n_train", "n_val", "latency_runs"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    for name in ("device", "project", "name"):
-        p.add_argument(f"--{name}", default=getattr(d, name))
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.epilog = (
+        "Any Ultralytics train argument passes through as key=value, the same for every model, and is recorded with "
+        "the results, e.g. lr0=0.001 mosaic=1.0. Set by default: "
+        + " ".join(f"{k}={v}" for k, v in d.train_args.items())
+    )
+    p.add_argument("--models", nargs="+", default=d.models, help=BENCHMARK_HELP["models"])
+    p.add_argument("--data", default=None, help=BENCHMARK_HELP["data"])
+    for name in ("imgsz", "epochs", "batch", "seeds", "seed", "workers", "n_train", "n_val", "latency_runs"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name), help=BENCHMARK_HELP[name])
+    for name in ("weights", "device", "project", "name"):
+        p.add_argument(f"--{name}", default=getattr(d, name), help=BENCHMARK_HELP[name])
+
+
+def benchmark_extras(tokens: list[str]) -> dict:
+    """``["lr0=0.001", "mosaic=1.0"]`` -> ``{"lr0": 0.001, "mosaic": 1.0}`` (values read as YAML scalars)."""
+    import yaml
+
+    extras = {}
+    for t in tokens:
+        key, sep, value = t.partition("=")
+        if not sep or not key or key.startswith("-"):
+            raise PluginError(f"unexpected argument '{t}': options are --name VALUE, train arguments key=value")
+        extras[key] = yaml.safe_load(value) if value else ""
+    return extras
 
 
 def _cmd_benchmark(ns: argparse.Namespace) -> int:
@@ -99,10 +175,26 @@ def main(argv: list[str] | None = None) -> int:
         w.add_argument("--backbone", required=True, help="family or family:variant, e.g. repvit or transnext:tiny")
         w.add_argument("-o", "--output", help="file to write (default: <stock>-<backbone>.yaml here; - prints it)")
         w.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+        wt = sub.add_parser(
+            "weights", help="published ImageNet checkpoints: list them, or download one and print its path"
+        )
+        wt.add_argument("backbone", nargs="?", help="e.g. repvit_m1_0 (without: list every checkpoint)")
+        wt.add_argument("tag", nargs="?", default="imagenet", help="imagenet (default), a tag or an official file name")
+        wt.add_argument("--no-download", action="store_true", help="only say where the file is or should go")
         add_benchmark_args(sub.add_parser("benchmark", help="train/validate/time baselines and plugin models"))
-        ns = p.parse_args(argv)
+        ns, rest = p.parse_known_args(argv)
+        if ns.cmd != "benchmark" and rest:
+            p.error(f"unrecognized arguments: {' '.join(rest)}")
         try:
-            cmds = {"list": _cmd_list, "shapes": _cmd_shapes, "swap": _cmd_swap, "benchmark": _cmd_benchmark}
+            if ns.cmd == "benchmark":
+                ns.extra = benchmark_extras(rest)
+            cmds = {
+                "list": _cmd_list,
+                "shapes": _cmd_shapes,
+                "swap": _cmd_swap,
+                "weights": _cmd_weights,
+                "benchmark": _cmd_benchmark,
+            }
             return cmds[ns.cmd](ns)
         except (PluginError, FileNotFoundError) as e:
             print(f"yolo-plugins: error: {e}", file=sys.stderr)

@@ -116,8 +116,8 @@ class Timm(Backbone, Fusable):
 
     Args:
         variant: The timm model name, optionally with a pretrained tag (``convnext_tiny``, ``resnet18.a1_in1k``).
-        weights: A local checkpoint file for the model, loaded by timm's own mechanism (its ``checkpoint_filter_fn``
-            maps official layouts); the same as ``pretrained_file``.
+        weights: A local checkpoint file for the model, loaded by timm's own mechanism (the same as
+            ``pretrained_file``), or ``imagenet`` for timm's default pretrained weights (``pretrained=True``).
         pretrained: Download the pretrained weights through timm (needs the network once; see the README).
         pretrained_file: A local file of those weights (timm's ``pretrained_cfg_overlay=dict(file=...)``).
         out_indices: Which of timm's features to return, instead of the stride 4/8/16/32 ones.
@@ -150,6 +150,8 @@ class Timm(Backbone, Fusable):
         timm = import_timm()
         self.variant = self.check_variant(variant)
         self.feature_info: list[FeatureInfo] = []
+        if weights == "imagenet":  # the name the built-in families use: timm's default pretrained weights
+            pretrained, weights = True, None
         file = pretrained_file or weights
         if file is not None:
             if not os.path.isfile(file):
