@@ -205,3 +205,31 @@ def run_ddp_worker(model: str, data: str, worker_train: str, cwd: Path) -> str:
                 os.remove(f)
     assert p.returncode == 0, f"STDOUT:\n{p.stdout[-3000:]}\nSTDERR:\n{p.stderr[-3000:]}"
     return p.stdout + p.stderr
+
+
+def fresh_process_output(
+    ckpt: Path, x: torch.Tensor, cwd: Path, env: dict | None = None, fuse: bool = False, check: str = ""
+) -> torch.Tensor:
+    """Load ``ckpt`` in a fresh interpreter that only does ``from ultralytics import YOLO`` (plus ``check``, a line
+    of Python run after loading), run ``x`` through the float eval model (fused if asked) and return its first
+    output. ``env`` adds to the environment (e.g. ULTRALYTICS_SAFE_LOAD=1)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    torch.save(x, cwd / "x.pt")
+    code = f"""
+        import sys, torch
+        from ultralytics import YOLO
+        m = YOLO({str(ckpt)!r}).model.float(){".fuse(verbose=False)" if fuse else ""}.eval()
+        {check}
+        with torch.no_grad():
+            torch.save(m(torch.load({str(cwd / "x.pt")!r}))[0], {str(cwd / "y.pt")!r})
+    """
+    full_env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1", **(env or {})}
+    p = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, f"STDOUT:\n{p.stdout[-3000:]}\nSTDERR:\n{p.stderr[-3000:]}"
+    return torch.load(cwd / "y.pt")

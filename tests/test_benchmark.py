@@ -70,7 +70,10 @@ def test_pretrained_backbones_are_labelled(tmp_path, monkeypatch):
         name="pre", **{**TINY, "epochs": 1},
     )  # fmt: skip
     rows, md = run_benchmark(cfg, log=lambda *_: None)
-    assert [(r["model"], r["weights"]) for r in rows] == [("yolov8n", "imagenet"), ("yolov8n-repvit+imagenet", "imagenet")]
+    assert [(r["model"], r["weights"]) for r in rows] == [
+        ("yolov8n", "imagenet"),
+        ("yolov8n-repvit+imagenet", "imagenet"),
+    ]
     written = yaml.safe_load((tmp_path / "pre" / "models" / "yolov8n-repvit+imagenet.yaml").read_text())
     assert written["backbone"][0][3][1] == "imagenet"
     assert "backbone weights: imagenet" in md.read_text()

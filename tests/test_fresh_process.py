@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 import ultralytics
-from conftest import YAMLS, run_ddp_worker
+from conftest import YAMLS, fresh_process_output, run_ddp_worker
 from ultralytics.utils import ASSETS
 
 ENV = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
@@ -107,24 +107,14 @@ def test_checkpoint_reloads_in_fresh_process(ca_yaml, tmp_path):
     ckpt = tmp_path / "best.pt"
     model.save(ckpt)
     x = torch.rand(1, 3, 64, 96)
-    torch.save(x, tmp_path / "x.pt")
     ref = YOLO(str(ckpt)).model.float().eval()
     with torch.no_grad():
         expected = ref(x)[0]
     # autoload off: the checkpoint alone must bring the plugin in (unpickling imports yolo_plugins)
-    run(
-        f"""
-        import sys, torch
-        from ultralytics import YOLO
-        m = YOLO({str(ckpt)!r}).model.float().eval()
-        assert "yolo_plugins" in sys.modules
-        with torch.no_grad():
-            torch.save(m(torch.load({str(tmp_path / "x.pt")!r}))[0], {str(tmp_path / "y.pt")!r})
-        """,
-        tmp_path,
-        env={**ENV, "YOLO_PLUGINS_AUTOLOAD": "0"},
+    got = fresh_process_output(
+        ckpt, x, tmp_path, env={"YOLO_PLUGINS_AUTOLOAD": "0"}, check='assert "yolo_plugins" in sys.modules'
     )
-    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=0, rtol=0)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
 @pytest.mark.compat
@@ -143,23 +133,12 @@ def test_restricted_loading_allows_plugin_checkpoints(tmp_path):
     ckpt = tmp_path / "best.pt"
     model.save(ckpt)
     x = torch.rand(1, 3, 64, 96)
-    torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         expected = YOLO(str(ckpt)).model.float().eval()(x)[0]
     env = {**ENV, "ULTRALYTICS_SAFE_LOAD": "1"}
-    run(
-        f"""
-        import torch
-        from ultralytics import YOLO
-        m = YOLO({str(ckpt)!r}).model.float().eval()
-        with torch.no_grad():
-            torch.save(m(torch.load({str(tmp_path / "x.pt")!r}))[0], {str(tmp_path / "y.pt")!r})
-        """,
-        tmp_path,
-        env=env,
-    )
+    got = fresh_process_output(ckpt, x, tmp_path, env={"ULTRALYTICS_SAFE_LOAD": "1"})
     # same weights; only the thread count differs from this process (GEMM summation order)
-    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-5)
     out = run(
         f"""
         import yolo_plugins

@@ -23,9 +23,12 @@ from yolo_plugins.compat import SUPPORTED_ULTRALYTICS, in_supported_range
 def ultralytics_state() -> dict:
     """Every object the patch may replace, by identity (plus copies of the allow-list containers)."""
     safe = getattr(tasks, "_SafeLoad", None)
+    from ultralytics.engine.trainer import BaseTrainer
+
     state = {
         "tasks": dict(vars(tasks)),
         "BaseModel": dict(vars(tasks.BaseModel)),
+        "BaseTrainer": dict(vars(BaseTrainer)),
         "check_file": checks.check_file,
     }
     if safe is not None:
@@ -49,7 +52,7 @@ def unregistered():
 
 def _same(a: dict, b: dict) -> bool:
     for key in a:
-        if isinstance(a[key], dict) and key in ("tasks", "BaseModel", "_SafeLoad"):
+        if isinstance(a[key], dict) and key in ("tasks", "BaseModel", "BaseTrainer", "_SafeLoad"):
             if a[key].keys() != b[key].keys() or any(a[key][k] is not b[key][k] for k in a[key]):
                 return False
         elif a[key] != b[key] if key in ("_registry", "_globals") else a[key] is not b[key]:
@@ -66,6 +69,9 @@ def test_round_trip_restores_every_object(unregistered):
     assert tasks.parse_model.__wrapped__ is before["tasks"]["parse_model"]
     assert tasks.BaseModel.__dict__["fuse"].__wrapped__ is before["BaseModel"]["fuse"]
     assert checks.check_file.__wrapped__ is before["check_file"]
+    from ultralytics.engine.trainer import BaseTrainer
+
+    assert BaseTrainer.__dict__["build_optimizer"].__wrapped__ is before["BaseTrainer"]["build_optimizer"]
     assert isinstance(vars(tasks)["RepViT"], type)
     yolo_plugins.unregister()
     yolo_plugins.unregister()  # idempotent

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import run_ddp_worker, train_step
+from conftest import fresh_process_output, run_ddp_worker, train_step
 from ultralytics.nn import tasks
 from ultralytics.utils import ASSETS
 
@@ -221,19 +221,8 @@ def test_timm_model_life_cycle(trained_timm, tmp_path):
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(out, ref.numpy(), atol=2e-3, rtol=1e-3)
 
-    torch.save(x, tmp_path / "x.pt")
-    _run(
-        f"""
-        import torch
-        from ultralytics import YOLO
-        m = YOLO({str(best)!r}).model.float().fuse(verbose=False).eval()
-        with torch.no_grad():
-            torch.save(m(torch.load({str(tmp_path / "x.pt")!r}))[0], {str(tmp_path / "y.pt")!r})
-        """,
-        tmp_path,
-        env={**ENV, "ULTRALYTICS_SAFE_LOAD": "1"},
-    )
-    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), ref, atol=1e-4, rtol=1e-4)
+    got = fresh_process_output(best, x, tmp_path, env={"ULTRALYTICS_SAFE_LOAD": "1"}, fuse=True)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import http.server
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from dataclasses import replace
 
 import pytest
 import torch
+from conftest import fresh_process_output
 
 from yolo_plugins import CheckpointError, create_backbone
 from yolo_plugins import weights as W
@@ -202,22 +200,9 @@ def test_checkpoint_of_a_pretrained_model_reloads_without_the_weights(server, fo
     ckpt = tmp_path / "best.pt"
     model.save(ckpt)
     x = torch.rand(1, 3, 64, 64)
-    torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         expected = YOLO(str(ckpt)).model.float().eval()(x)[0]
     shutil.rmtree(folder)
-    code = f"""
-        import torch
-        from ultralytics import YOLO
-        m = YOLO({str(ckpt)!r}).model.float().eval()
-        with torch.no_grad():
-            torch.save(m(torch.load({str(tmp_path / "x.pt")!r}))[0], {str(tmp_path / "y.pt")!r})
-    """
-    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1", "ULTRALYTICS_SAFE_LOAD": "1", "YOLO_OFFLINE": "1"}
-    p = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=300, check=False,
-    )  # fmt: skip
-    assert p.returncode == 0, p.stderr[-3000:]
-    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-3, rtol=1e-5)
+    got = fresh_process_output(ckpt, x, tmp_path, env={"ULTRALYTICS_SAFE_LOAD": "1", "YOLO_OFFLINE": "1"})
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-5)
     assert not folder.exists()

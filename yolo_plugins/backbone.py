@@ -46,6 +46,7 @@ class Backbone(nn.Module):
     scale_variants: ClassVar[dict[str, str]] = {}
     feature_strides: ClassVar[tuple[int, ...]] = (4, 8, 16, 32)  # strides of the returned features (all variants)
     variants_help: ClassVar[str] = ""  # what `yolo-plugins list` says of a family without a fixed variant table
+    lr_scale: ClassVar[float] = 1.0  # multiple of the trainer's learning rate for this backbone (yolo_plugins.optim)
 
     def __init__(self, variant: str | None = None):
         super().__init__()

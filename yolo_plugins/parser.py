@@ -392,6 +392,19 @@ class _Stream:
 
     @staticmethod
     def _construct(label: str, entry: Entry, call: list, kwargs: dict) -> nn.Module:
+        kwargs = dict(kwargs)
+        lr_scale = kwargs.pop("lr_scale", None)  # any plugin row: its learning-rate multiple (yolo_plugins.optim)
+        if lr_scale is not None and not (isinstance(lr_scale, (int, float)) and lr_scale >= 0):
+            raise YAMLError(
+                f"{label}: lr_scale must be a number >= 0 (a multiple of the learning rate), got {lr_scale!r}"
+            )
+        module = _Stream._make(label, entry, call, kwargs)
+        if lr_scale is not None:
+            module.lr_scale = float(lr_scale)
+        return module
+
+    @staticmethod
+    def _make(label: str, entry: Entry, call: list, kwargs: dict) -> nn.Module:
         try:
             inspect.signature(entry.cls).bind(*call, **kwargs)
         except TypeError as e:

@@ -9,6 +9,8 @@
 * ``BaseModel.fuse``: also re-parameterises every :class:`~yolo_plugins.layers.Fusable` plugin module.
 * ``checks.check_file``: a model name Ultralytics does not find is looked up among the shipped and derivable plugin
   models (:mod:`yolo_plugins.names`).
+* ``BaseTrainer.build_optimizer``: parameters of plugin modules with an ``lr_scale`` get that multiple of the learning
+  rate (:mod:`yolo_plugins.optim`).
 * ``_SafeLoad`` (optional, releases with restricted loading): plugin classes join the allow-list while registered.
 
 ``register()`` first checks every internal these rely on; if one is missing it raises one
@@ -32,6 +34,7 @@ from typing import Any
 import torch.nn as nn
 
 from . import names, parser
+from .optim import make_build_optimizer
 from .compat import (
     SUPPORTED_ULTRALYTICS,
     in_supported_range,
@@ -296,6 +299,12 @@ def _checks_module():
     return checks
 
 
+def _trainer_class():
+    from ultralytics.engine.trainer import BaseTrainer
+
+    return BaseTrainer
+
+
 def _check_check_file(original: Any) -> list[str]:
     check_yaml = getattr(_checks_module(), "check_yaml", None)
     if "check_file" not in getattr(getattr(check_yaml, "__code__", None), "co_names", ()):
@@ -309,6 +318,7 @@ def _hooks() -> list[Any]:
         _Replace("tasks.initialize_weights", tasks, "initialize_weights", _make_initialize_weights),
         _Replace("tasks.BaseModel.fuse", lambda: tasks().BaseModel, "fuse", _make_fuse),
         _Replace("checks.check_file", _checks_module, "check_file", names.make_check_file, _check_check_file),
+        _Replace("BaseTrainer.build_optimizer", _trainer_class, "build_optimizer", make_build_optimizer),
         _AllowList(),
         _Replace("tasks.parse_model", tasks, "parse_model", parser.make_parse_model, _check_parse_model),
         _Names(),

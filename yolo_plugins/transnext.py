@@ -913,6 +913,9 @@ class TransNeXt(Backbone):
     family = "transnext"
     default_variant = "micro"
     scale_variants: ClassVar[dict[str, str]] = {"n": "micro", "s": "micro", "m": "tiny", "l": "small", "x": "base"}
+    # learning-rate multiple in Ultralytics' trainer (yolo_plugins.optim): from scratch on the embedded data, AdamW at
+    # 0.002 (batch 4) leaves TransNeXt on a loss plateau; a quarter of it learns (README, "Why TransNeXt ...")
+    lr_scale: ClassVar[float] = 0.25
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "micro": {"embed_dims": (48, 96, 192, 384), "num_heads": (2, 4, 8, 16), "depths": (2, 2, 15, 2)},
         "tiny": {"embed_dims": (72, 144, 288, 576), "num_heads": (3, 6, 12, 24), "depths": (2, 2, 15, 2)},
