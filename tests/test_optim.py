@@ -86,3 +86,61 @@ def test_split_groups_is_general():
         ("weight*0.5", 0.5, 1, 0.1),
         ("group*0.1", 0.1, 1, 0),
     ]
+
+
+@pytest.mark.slow
+def test_registered_while_the_trainer_module_loads(tmp_path):
+    """Importing a trainer first registers the plugin while `ultralytics.engine.trainer` is still loading (it imports
+    nn.tasks): the optimizer hook then waits for the first trainer, which installs it before building its optimizer."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from yolo_plugins.data import DatasetSpec, make_dataset
+
+    data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))
+    code = f"""
+        from ultralytics.engine.trainer import BaseTrainer  # nn.tasks loads inside: the plugin registers then
+        import yolo_plugins
+        print("AT_IMPORT", hasattr(BaseTrainer.build_optimizer, "yolo_plugins"), yolo_plugins.is_registered())
+        from ultralytics.models.yolo.detect import DetectionTrainer
+        t = DetectionTrainer(overrides=dict(model="yolov8n-transnext.yaml", data={str(data)!r}, imgsz=64,
+                                            device="cpu", workers=0, plots=False, project={str(tmp_path)!r}))
+        t.model = t.get_model(cfg="yolov8n-transnext.yaml", verbose=False)
+        opt = t.build_optimizer(t.model, name="AdamW", lr=0.002)
+        print("AFTER_TRAINER", sorted({{round(g["lr"], 6) for g in opt.param_groups}}))
+        yolo_plugins.unregister()
+        print("RESTORED", hasattr(BaseTrainer.build_optimizer, "yolo_plugins"))
+    """
+    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "AT_IMPORT False True" in p.stdout  # registered, optimizer hook pending
+    assert "AFTER_TRAINER [0.0005, 0.002]" in p.stdout and "RESTORED False" in p.stdout
+
+
+@pytest.mark.compat
+@pytest.mark.slow
+def test_training_uses_the_scaled_groups(tmp_path, monkeypatch):
+    """A real (one-epoch) training through Ultralytics' trainer: TransNeXt's parameters train at a quarter of the
+    rate, the rest at the trainer's."""
+    from ultralytics import YOLO
+
+    from yolo_plugins.data import DatasetSpec, make_dataset
+
+    monkeypatch.chdir(tmp_path)
+    data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))
+    model = YOLO("yolov8n-transnext.yaml")
+    seen = {}
+    model.add_callback(
+        "on_train_epoch_start", lambda t: seen.setdefault("lr", {g["initial_lr"] for g in t.optimizer.param_groups})
+    )
+    model.train(
+        data=str(data), epochs=1, imgsz=64, batch=4, workers=0, device="cpu", plots=False, val=False,
+        optimizer="AdamW", lr0=0.002, project=str(tmp_path), name="run", verbose=False,
+    )  # fmt: skip
+    assert {round(v, 6) for v in seen["lr"]} == {0.002, 0.0005}

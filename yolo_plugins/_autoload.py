@@ -12,29 +12,36 @@ import sys
 _TARGET = "ultralytics.nn.tasks"
 
 
-class _AfterTasksImport:
-    """Meta-path finder: delegates the import of ``ultralytics.nn.tasks``, then registers yolo_plugins."""
+class AfterImport:
+    """Meta-path finder: lets module ``name`` load as usual, then calls ``callback()`` (once). Imports nothing
+    itself; :mod:`yolo_plugins.optim` uses it too."""
+
+    def __init__(self, name, callback):
+        self.name, self.callback = name, callback
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != _TARGET:
+        if fullname != self.name:
             return None
         import importlib.machinery
 
+        self.remove()
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_module = spec.loader.exec_module
 
-        def exec_then_register(module):
+        def exec_then_call(module):
             exec_module(module)
-            _remove()
-            _register()
+            self.callback()
 
-        spec.loader.exec_module = exec_then_register
+        spec.loader.exec_module = exec_then_call
         return spec
 
+    def remove(self):
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
 
-_FINDER = _AfterTasksImport()
+
 _WARNED = []
 
 
@@ -56,9 +63,7 @@ def _register() -> None:
             )
 
 
-def _remove() -> None:
-    if _FINDER in sys.meta_path:
-        sys.meta_path.remove(_FINDER)
+_FINDER = AfterImport(_TARGET, _register)
 
 
 def install() -> None:
@@ -73,4 +78,5 @@ def install() -> None:
         sys.meta_path.insert(0, _FINDER)
 
 
-install()
+if __name__ == "_yolo_plugins_autoload":  # the installed copy, which the .pth file imports at interpreter start
+    install()

@@ -252,7 +252,8 @@ def write_tables(cfg: BenchmarkConfig) -> tuple[list[dict], Path]:
     and the learning curves into curves.png."""
     rows, curves = [], {}
     for m in cfg.models:
-        label = _with_weights(m, cfg)[1] if cfg.weights else _label(m)
+        labels = [f"{_label(m)}+{cfg.weights}", _label(m)] if cfg.weights else [_label(m)]
+        label = next((x for x in labels if (cfg.run_dir / x).is_dir()), labels[-1])
         runs = _runs(cfg, label)
         if runs:
             rows.append(summarise(runs))

@@ -51,5 +51,6 @@ def load_yaml(path: str | os.PathLike) -> dict:
     """A model YAML file as a dict, read as Ultralytics reads it (safe loader), on every supported release."""
     import yaml
 
-    text = open(path, encoding="utf-8", errors="ignore").read()
-    return yaml.safe_load(text) or {}
+    from pathlib import Path
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8", errors="ignore")) or {}

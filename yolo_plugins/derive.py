@@ -251,8 +251,7 @@ def to_yaml(d: Derived, name: str, origin: str = "") -> str:
         f"# Derived by yolo-plugins{origin}: stock backbone rows 0-{d.replaced - 1} -> {cls.__name__} + Feature rows "
         f"({feats}){kept}; every later 'from' remapped.",
         f"# Pretrained backbone: [-1, 1, {d.backbone.yaml_name}, [{d.backbone.variant or cls.default_variant}, "
-        "path/to/checkpoint.pth]]"
-        " (one variant then).",
+        "imagenet]] (one variant then; or a checkpoint file).",
         "",
     ]
     y = d.yaml

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .compat import ultralytics_version
 from .errors import ModelNameError, PluginError
 
 __all__ = [
@@ -111,7 +112,7 @@ _DERIVED: dict[tuple, Path] = {}  # (stock path, mtime, backbone token, cache) -
 
 def _derive_file(stock_path: str, token: str) -> Path:
     from . import __version__
-    from .compat import load_yaml, ultralytics_version
+    from .compat import load_yaml
     from .derive import derive, parse_backbone, to_yaml
 
     key = (stock_path, os.path.getmtime(stock_path), token, str(cache_dir()))
@@ -157,7 +158,7 @@ def find_plugin_model(name: str, find_stock: Callable[[str], Any], strict: bool 
         if not stock_path:
             if strict:
                 raise ModelNameError(
-                    f"model '{name}' not found: '{stock}' is not a stock model of ultralytics {_ul_version()}. "
+                    f"model '{name}' not found: '{stock}' is not a stock model of ultralytics {ultralytics_version()}. "
                     + models_help()
                 )
             return None
@@ -168,12 +169,6 @@ def find_plugin_model(name: str, find_stock: Callable[[str], Any], strict: bool 
         if isinstance(e, ModelNameError):
             raise
         raise ModelNameError(f"model '{name}': {e}") from None
-
-
-def _ul_version() -> str:
-    from .compat import ultralytics_version
-
-    return ultralytics_version()
 
 
 def looks_like_model(name: str) -> bool:
@@ -204,8 +199,8 @@ def _not_found(name: str) -> str:
     close = difflib.get_close_matches(_unify(name), shipped_models(), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return (
-        f"model '{name}' not found: not a file, not a stock model of ultralytics {_ul_version()}, not a yolo-plugins "
-        f"model.{hint} " + models_help()
+        f"model '{name}' not found: not a file, not a stock model of ultralytics {ultralytics_version()}, not a "
+        f"yolo-plugins model.{hint} " + models_help()
     )
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch.nn as nn
 
 from . import names, parser
-from .optim import make_build_optimizer
+from .optim import TrainerHook
 from .compat import (
     SUPPORTED_ULTRALYTICS,
     in_supported_range,
@@ -264,7 +264,9 @@ class _AllowList:
 
         def make(original: classmethod) -> classmethod:
             def _build(cls):  # the first restricted load: third-party packages of plugin rows are imported now
-                return self._add(original.__func__(cls), _safe_globals(import_packages=True))
+                entries = _safe_globals(import_packages=True)
+                self.added_entries.update(entries)  # what unregister() takes out again
+                return self._add(original.__func__(cls), entries)
 
             return classmethod(_build)
 
@@ -299,12 +301,6 @@ def _checks_module():
     return checks
 
 
-def _trainer_class():
-    from ultralytics.engine.trainer import BaseTrainer
-
-    return BaseTrainer
-
-
 def _check_check_file(original: Any) -> list[str]:
     check_yaml = getattr(_checks_module(), "check_yaml", None)
     if "check_file" not in getattr(getattr(check_yaml, "__code__", None), "co_names", ()):
@@ -318,7 +314,7 @@ def _hooks() -> list[Any]:
         _Replace("tasks.initialize_weights", tasks, "initialize_weights", _make_initialize_weights),
         _Replace("tasks.BaseModel.fuse", lambda: tasks().BaseModel, "fuse", _make_fuse),
         _Replace("checks.check_file", _checks_module, "check_file", names.make_check_file, _check_check_file),
-        _Replace("BaseTrainer.build_optimizer", _trainer_class, "build_optimizer", make_build_optimizer),
+        TrainerHook(),
         _AllowList(),
         _Replace("tasks.parse_model", tasks, "parse_model", parser.make_parse_model, _check_parse_model),
         _Names(),

@@ -176,8 +176,7 @@ class Timm(Backbone, Fusable):
             return CheckpointError(f"timm could not load '{file}' into '{self.variant}': {type(e).__name__}: {e}")
         if not pretrained:
             return PluginError(f"timm.create_model('{self.variant}', features_only=True) failed: {e}")
-        cfg = timm.models.get_pretrained_cfg(self.variant.split(".")[0]) if "." not in self.variant else None
-        cfg = cfg or timm.models.get_pretrained_cfg(self.variant)
+        cfg = timm.models.get_pretrained_cfg(self.variant)  # the default tag's, or the named tag's
         where = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "its source"
         return CheckpointError(
             f"the pretrained weights of timm model '{self.variant}' could not be fetched ({type(e).__name__}: "
