@@ -375,10 +375,10 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], Path]:
     )
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
-    jobs = [(m, s) for m in cfg.models for s in seeds]
+    prepared = [_with_weights(m, cfg) for m in cfg.models]  # (model to train, label), once per model
+    jobs = [(model, label, s) for model, label in prepared for s in seeds]
     try:
-        for k, (m, seed) in enumerate(jobs, 1):
-            model, label = _with_weights(m, cfg)
+        for k, (model, label, seed) in enumerate(jobs, 1):
             out = run / label / f"seed{seed}" / "metrics.json"
             tag = f"[{k}/{len(jobs)}] {label} seed {seed}"
             if out.is_file():

@@ -59,7 +59,8 @@ def _cmd_shapes(ns: argparse.Namespace) -> int:
 
 
 def _cmd_weights(ns: argparse.Namespace) -> int:
-    from .weights import CHECKPOINTS, resolve_weights, weights_dir
+    from .backbone import backbone_families
+    from .weights import CHECKPOINTS, find_checkpoint, resolve_weights, weights_dir
 
     folder = weights_dir()
     if not ns.backbone:
@@ -79,13 +80,9 @@ def _cmd_weights(ns: argparse.Namespace) -> int:
             print("  ".join(f"{v:<{w}}" for v, w in zip(r[:4], widths)) + "  " + r[4])
         print(f"\nweights folder: {folder} (YOLO_PLUGINS_WEIGHTS_DIR to move it)")
         return 0
-    from .backbone import backbone_families
-
     family, _, variant = ns.backbone.replace(":", "_", 1).partition("_")
     if family not in backbone_families():
         raise PluginError(f"unknown backbone '{ns.backbone}'; `yolo-plugins weights` lists the published checkpoints")
-    from .weights import find_checkpoint
-
     c = find_checkpoint(family, variant, ns.tag)
     if c is not None and ns.no_download and not (folder / c.file).is_file():
         print(f"missing: put {c.url} at {folder / c.file}")

@@ -21,6 +21,7 @@ nothing. If installing fails half-way, everything installed so far is restored b
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 import importlib.util
@@ -245,16 +246,21 @@ class _AllowList:
             elif isinstance(container, list) and (obj, name) in container:
                 container.remove((obj, name))
 
-    def _sync(self) -> None:
-        """Bring a container already built in line with the registry."""
+    def _container(self) -> tuple[Any, Any]:
+        """(the allow-list Ultralytics has built, or None; the lock that guards it)."""
         owner = self._owner()
-        container = getattr(owner, self._cache_attr(owner))
-        entries = _safe_globals(import_packages=container is not None)
-        lock = getattr(owner, "_lock", None) or threading.Lock()
+        lock = getattr(owner, "_lock", None) or contextlib.nullcontext()
+        return getattr(owner, self._cache_attr(owner)), lock
+
+    def _sync(self) -> None:
+        """Bring a container already built in line with the registry (one not built yet gets ours in _build)."""
+        container, lock = self._container()
+        if container is None:
+            return
+        entries = _safe_globals(import_packages=True)
         with lock:
-            if container is not None:
-                self._remove(container, {k: v for k, v in self.added_entries.items() if entries.get(k) is not v})
-                self._add(container, entries)
+            self._remove(container, {k: v for k, v in self.added_entries.items() if entries.get(k) is not v})
+            self._add(container, entries)
         self.added_entries = entries
 
     def install(self) -> None:
@@ -280,10 +286,9 @@ class _AllowList:
         if self.build is None:
             return
         self.build.uninstall()
-        owner = self._owner()
-        container = getattr(owner, self._cache_attr(owner))
+        container, lock = self._container()
         if container is not None:
-            with getattr(owner, "_lock", None) or threading.Lock():
+            with lock:
                 self._remove(container, self.added_entries)
         self.added_entries, self.build = {}, None
 

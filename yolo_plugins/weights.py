@@ -11,7 +11,6 @@ comes from.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -205,14 +204,3 @@ def _progress(total: int, desc: str):
         return TQDM(total=total or None, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
     except ImportError:  # pragma: no cover - Ultralytics is a dependency
         return None
-
-
-def copy_into_cache(path: str | os.PathLike, c: Checkpoint) -> Path:
-    """Put a file downloaded by hand where ``imagenet`` looks for it (used by ``yolo-plugins weights --add``)."""
-    folder = weights_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / c.file
-    if target.exists():
-        raise CheckpointError(f"{target} exists already; remove it first to replace it")
-    shutil.copyfile(path, target)
-    return target
