@@ -132,7 +132,8 @@ def test_best_pt_reloads_in_fresh_process(group, trained, tmp_path):
                 out[p] = YOLO(p).model.float().eval()(x)[0]
         torch.save(out, {str(tmp_path / "y.pt")!r})
     """
-    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    # same thread count as here: bit-equal outputs need the same summation order (oneDNN splits work by threads)
+    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     p = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         cwd=tmp_path,

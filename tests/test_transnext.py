@@ -259,6 +259,31 @@ def test_sink_softmax_equals_one_softmax():
 
 
 @pytest.mark.parametrize("chunk", ["default", "small"])
+def test_fused_kernel_with_autograd_equals_naive(chunk, monkeypatch):
+    """The GPU path (fused attention kernel also in training, one fresh mask per chunk) run on the CPU: values and
+    gradients of the backbone's aggregated and full attention equal the naive oracle's."""
+    if chunk == "small":
+        monkeypatch.setattr(T, "_CHUNK_ELEMENTS", 1)
+    calls = []
+    monkeypatch.setattr(T, "_fused_kernel", lambda x, dropout, table: calls.append(1) or not dropout)
+    torch.manual_seed(0)
+    model = _perturb(T.TransNeXt("micro"), seed=5).train()
+    for blk in (model.block1[0], model.block4[0]):
+        x = torch.randn(2, 8 * 12, blk.norm1.normalized_shape[0])
+        size = (8, 12)
+        params = list(blk.parameters())
+        y1 = blk(x, *size)
+        g1 = torch.autograd.grad(y1.square().sum(), params)
+        y2 = naive.block(blk, x, *size)
+        g2 = torch.autograd.grad(y2.square().sum(), params)
+        assert (y1 - y2).abs().max() < 1e-5
+        scale = max(b.abs().max().item() for b in g2)  # float noise of near-zero gradients is relative to this
+        for a, b in zip(g1, g2):
+            assert (a - b).abs().max() <= 1e-5 * max(1.0, scale)
+    assert calls
+
+
+@pytest.mark.parametrize("chunk", ["default", "small"])
 @pytest.mark.parametrize("kwargs", [{"num_heads": 2}, {"num_heads": 4, "pool_size": None, "sr_ratio": 4}])
 def test_neck_block_equals_naive_with_gradients(kwargs, chunk, monkeypatch):
     if chunk == "small":

@@ -122,13 +122,24 @@ def test_optimised_matches_naive(tiny):
         torch.testing.assert_close(b, a, atol=0, rtol=0)
 
 
-def test_blocked_attention_matches_naive(tiny, monkeypatch):
-    """OSRA's query blocks (normally only at high resolution) forced small: same result as the naive attention."""
-    monkeypatch.setattr(X, "_ATTN_BLOCK", 500)
-    x = torch.randn(2, 3, 72, 88)
-    with torch.no_grad():
-        fast = tiny(x)
-    for a, b in zip(fast, naive_forward(tiny.state_dict(), tiny.config("t"), x)):
+def test_fused_attention_matches_written_out_attention_with_gradients():
+    """OSRA through PyTorch's fused attention (eager) equals the written-out softmax of exported graphs, in values and
+    in the gradients of input, weights and the learnable position bias (training with a batch of 2)."""
+    torch.manual_seed(0)
+    m = X.OSRA(32, num_heads=2, sr_ratio=2).train()
+    bias = torch.randn(1, 2, 12 * 16, 36, requires_grad=True)
+    x = torch.randn(2, 32, 12, 16, requires_grad=True)
+    grads = []
+    for exporting in (False, True):
+        X_exporting = X._exporting
+        X._exporting = lambda: exporting
+        try:
+            y = m(x, bias)
+        finally:
+            X._exporting = X_exporting
+        g = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), [x, bias, m.q.weight])
+        grads.append((y, *g))
+    for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 

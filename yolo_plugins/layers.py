@@ -9,7 +9,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Fusable", "DropPath", "LayerNorm2d", "fuse_conv_bn", "drop_path_rates", "CSPBlock", "to_2tuple"]
+__all__ = [
+    "Fusable",
+    "DropPath",
+    "channels_last",
+    "map_to_tokens",
+    "tokens_to_map",
+    "LayerNorm2d",
+    "fuse_conv_bn",
+    "drop_path_rates",
+    "CSPBlock",
+    "to_2tuple",
+]
 
 
 class Fusable:
@@ -22,6 +33,22 @@ class Fusable:
 
     def fuse(self) -> None:
         raise NotImplementedError
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in channels-last memory (a no-op if it already is): the backbones run their convs in this layout,
+    where oneDNN's depthwise and large-kernel convs are several times faster than in NCHW and token views are free."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C); a view for a channels-last map."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W), a channels-last view of contiguous tokens."""
+    return x.unflatten(1, (H, W)).permute(0, 3, 1, 2)
 
 
 def to_2tuple(x) -> tuple:

@@ -47,7 +47,7 @@ from torch import nn
 
 from .backbone import Backbone, FeatureInfo
 from .errors import PluginError
-from .layers import CSPBlock, DropPath, drop_path_rates, to_2tuple
+from .layers import CSPBlock, DropPath, channels_last, drop_path_rates, to_2tuple, tokens_to_map
 from .registry import register_module
 
 __all__ = [
@@ -266,21 +266,28 @@ def _grad_or_graph(table: torch.Tensor) -> bool:
 
 
 def _fused_kernel(x: torch.Tensor, dropout: bool, table: torch.Tensor) -> bool:
-    """True where attention goes through PyTorch's fused kernel: CPU inference without attention dropout."""
-    return x.device.type == "cpu" and not dropout and not _grad_or_graph(table)
+    """True where attention goes through PyTorch's fused kernel (``scaled_dot_product_attention``): CPU inference, and
+    on GPUs training too (their kernels differentiate the additive mask); never with attention dropout or in graphs.
+    On the CPU, training keeps the explicit softmax (as fast there, and it differentiates the strided bias view)."""
+    if dropout or _building_graph():
+        return False
+    return x.device.type != "cpu" or not _grad_or_graph(table)
 
 
-def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int) -> int:
-    """Map rows per chunk of the pooled attention, so its (B, h, rows * W, P) similarities stay cache-sized.
+def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int, device: torch.device | None = None) -> int:
+    """Map rows per chunk of the pooled attention, so its (B, h, rows * W, P) similarities stay cache-sized on the CPU;
+    on GPUs chunks only bound memory (a few large kernels, not a Python loop over small chunks).
 
     All rows at once when tracing/exporting/compiling, so graphs stay small (the result is the same).
     """
     if _building_graph():
         return size[0]
-    return max(1, min(size[0], _CHUNK_ELEMENTS // max(1, batch * heads * size[1] * p)))
+    budget = _CHUNK_ELEMENTS if device is None or device.type == "cpu" else _CHUNK_ELEMENTS_GPU
+    return max(1, min(size[0], budget // max(1, batch * heads * size[1] * p)))
 
 
 _CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS_GPU = 1 << 27  # 512 MiB of float32 similarities
 
 
 def _window_similarity(q_map: torch.Tensor, k_pad: torch.Tensor, y0: int, y1: int) -> torch.Tensor:
@@ -355,25 +362,28 @@ def _sink_softmax(q, k, v, local, mask) -> tuple[torch.Tensor, torch.Tensor]:
     lse = torch.logsumexp(local, -1, keepdim=True)  # (B, h, n, 1)
     q = torch.cat([q.to(k.dtype), lse.to(k.dtype)], -1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=1.0)
-    return out[..., :d], (local - lse).exp_().mul_(out[..., d:].to(local.dtype))
+    return out[..., :d], (local - lse).exp() * out[..., d:].to(local.dtype)
 
 
 _WORKSPACE = threading.local()
 
 
-def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A reusable flat buffer of at least ``numel`` elements (per thread, dtype and device; contents undefined).
+def _mask_workspace(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reusable (heads, rows, P + 1) attention-mask buffer per shape, dtype and device (per thread), its last column
+    (the sink's) zero; the other columns are undefined and written by the caller for every chunk.
 
-    The attention mask of every chunk is written here: a fresh buffer per chunk would be page-faulted in again each
-    time (the allocator returns large blocks to the OS), which cost about as much as filling it.
+    A fresh buffer per chunk would be page-faulted in again each time (the allocator returns large blocks to the OS),
+    which cost about as much as filling it; one buffer per shape (one per stage) writes the strided sink column once.
     """
-    key = (dtype, device)
+    key = (shape, dtype, device)
     buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
     buf = buffers.get(key)
-    if buf is None or buf.numel() < numel:
+    if buf is None:
         with torch.inference_mode(False), torch.no_grad():
-            buffers[key] = buf = torch.empty(numel, dtype=dtype, device=device)
-    return buf[:numel]
+            buf = torch.empty(shape, dtype=dtype, device=device)
+            buf[..., -1] = 0
+        buffers[key] = buf
+    return buf
 
 
 def _activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -604,13 +614,15 @@ class AggregatedAttention(nn.Module):
         # other devices, attention dropout) it is computed explicitly, shifted by each row's maximum.
         drop = self.training and self.attn_drop.p > 0
         fused = _fused_kernel(x, drop, table)
-        rows = _query_rows(B, h, (H, W), P)
+        rows = _query_rows(B, h, (H, W), P, x.device)
+        grad = _grad_or_graph(table)
         if fused:
             dt = _autocast_dtype(x.device) or q_scaled.dtype
             k_pool, v_pool = _sink_keys(k_pool, v_pool, dt)  # (B, h, P + 1, d + 1)
             # the fused kernel's additive mask, reused by every chunk: the bias of the chunk, then 0 for the sink
-            mask_buf = _workspace(h * rows * W * (P + 1), dt, x.device).view(h, rows * W, P + 1)
-            mask_buf[..., P] = 0
+            # (with autograd a fresh one per chunk: a reused buffer would overwrite what backward needs)
+            if not grad:
+                mask_buf = _mask_workspace((h, rows * W, P + 1), dt, x.device)
         else:
             k_pool, v_pool = k_pool.transpose(-2, -1), v_pool.contiguous()  # (B, h, d, P): the faster GEMM layout
         q_map, qn_heads = q_scaled.view(B, H, W, h, d), q_norm.transpose(1, 2)
@@ -620,7 +632,10 @@ class AggregatedAttention(nn.Module):
             n0, n1 = y0 * W, y1 * W
             local = _window_similarity(q_map, k_pad, y0, y1) + local_bias[:, n0:n1]  # (B, h, n, L)
             q = q_scaled[:, n0:n1].transpose(1, 2)  # (B, h, n, d)
-            if fused:
+            if fused and grad:
+                m = F.pad(gather_bias(table, index_h, index_w, y0, y1).to(dt), (0, 1))
+                x_pool, w_soft = _sink_softmax(q, k_pool, v_pool, local, m)
+            elif fused:
                 m = mask_buf[:, : n1 - n0]
                 if view is None:
                     m[..., :P] = gather_bias(table, index_h, index_w, y0, y1)
@@ -810,7 +825,7 @@ class TransNeXtBlock(Block):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         y = self.forward_tokens(_to_tokens(x, "TransNeXtBlock"), H, W)
-        return y.transpose(1, 2).reshape(B, C, H, W)
+        return tokens_to_map(y, H, W)  # channels-last view
 
 
 @register_module(channels="same")
@@ -836,7 +851,7 @@ class ConvGLU(nn.Module):
         t = _to_tokens(x, "ConvGLU")
         y = self.drop_path(self.mlp(self.norm(t), H, W))
         y = t + y if self.residual else y
-        return y.transpose(1, 2).reshape(B, C, H, W)
+        return tokens_to_map(y, H, W)  # channels-last view
 
 
 @register_module(channels="scaled", repeat=True)
@@ -1015,14 +1030,12 @@ class TransNeXt(Backbone):
         """
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise PluginError(f"TransNeXt expects a (B, {self.in_chans}, H, W) image tensor, got {list(x.shape)}")
-        B = x.shape[0]
-        outs = []
+        x, outs = channels_last(x), []  # the stride-4 conv's output is then already in token order
         for i in range(self.num_stages):
             x, H, W = getattr(self, f"patch_embed{i + 1}")(x)
             for blk in getattr(self, f"block{i + 1}"):
                 x = blk(x, H, W)
-            x = getattr(self, f"norm{i + 1}")(x)
-            x = x.transpose(1, 2).reshape(B, -1, H, W)
+            x = tokens_to_map(getattr(self, f"norm{i + 1}")(x), H, W)  # channels-last view, no copy
             outs.append(x)
         return outs
 

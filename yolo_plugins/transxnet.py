@@ -16,13 +16,16 @@ ConvModule parts are named ``conv``/``bn``/``activate``, the dense-prediction (`
 ``norm0/2/4/6`` and the classifier is ``classifier.0`` (GroupNorm) / ``classifier.2`` (1x1 conv), so the official
 ImageNet checkpoints (``{"state_dict": ...}`` / ``{"model": ...}``) load unchanged.
 
-Speed (same outputs up to float rounding, tested against ``tests/oracles/transxnet_naive.py``): each stage's relative
-position encoding is resized once per forward instead of once per block, and under no_grad/inference_mode the resized
-bias is cached per (size, device, dtype) and recomputed when the parameter changes (its ``_version``/storage); OSRA
-adds the bias inside the logits GEMM (``baddbmm``) and processes queries in cache-sized blocks; depthwise 1x1 convs run
-as per-channel affines; residuals around depthwise convs are folded into their kernels; in inference the BatchNorms
-around the 1x1 convs of the STE and MS-FFN are folded into those convs (computed on the fly, the parameters are
-untouched). ``scripts/bench_transxnet.py`` times the naive and optimised paths.
+Speed (same outputs up to float rounding, tested against ``tests/oracles/transxnet_naive.py``): the backbone runs
+channels-last (oneDNN's depthwise convs are several times faster so, and heads are views of the maps); each stage's
+relative position encoding is resized once per forward instead of once per block, and under no_grad/inference_mode
+the resized bias is cached per (size, device, dtype) and recomputed when the parameter changes; OSRA goes through
+PyTorch's fused attention (``scaled_dot_product_attention`` with the bias as additive mask: no N x M logits in
+memory); depthwise 1x1 convs run as per-channel affines; residuals around depthwise convs are folded into their
+kernels; in inference the MS-FFN's four depthwise convs run as one (kernels zero-padded to 7x7), its hidden
+activations are updated in place, and the BatchNorms around the 1x1 convs of the STE and MS-FFN are folded into those
+convs (computed on the fly, the parameters are untouched). ``scripts/speed_backbones.py --oracle`` times the naive and
+optimised paths.
 
 ONNX (opset 17): the traced graph uses pooling matrices for IDConv's adaptive pooling (ONNX cannot pool to 7x7 from
 sizes 7 does not divide) and fixes the input and batch size (IDConv's per-sample kernels run as one conv with B*C groups).
@@ -41,7 +44,7 @@ from torch import nn
 
 from .backbone import Backbone, FeatureInfo
 from .errors import PluginError
-from .layers import CSPBlock, DropPath, drop_path_rates
+from .layers import CSPBlock, DropPath, channels_last, drop_path_rates, map_to_tokens
 from .registry import register_module
 
 __all__ = [
@@ -61,9 +64,6 @@ __all__ = [
 ]
 
 PosEnc = Optional[Union[torch.Tensor, Callable[[int, int], torch.Tensor]]]
-
-
-_ATTN_BLOCK = 1 << 19  # logits per block of queries in OSRA (2 MiB in float32)
 
 
 def _exporting() -> bool:
@@ -283,31 +283,27 @@ class OSRA(nn.Module):
         """(B, C, H, W) -> (B, C, H, W); ``relative_pos_enc`` a tensor (resized if needed) or a resolver (nq, nk)."""
         B, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
-        q = self.q(x).reshape(B * h, d, -1).transpose(-1, -2)  # (B*h, N, d)
         kv = _dw_plus_identity(self.local_conv, self.sr(x))  # LR(kv) + kv
-        k, v = self.kv(kv).chunk(2, dim=1)
-        k = k.reshape(B * h, d, -1)  # (B*h, d, M)
-        v = v.reshape(B * h, d, -1).transpose(-1, -2)  # (B*h, M, d)
-        N, M = q.shape[-2], k.shape[-1]
+        # heads as views of the (channels-last) maps: (B, h, N, d) queries, (B, h, M, d) keys and values
+        q = map_to_tokens(self.q(x)).unflatten(2, (h, d)).transpose(1, 2)
+        k, v = map_to_tokens(self.kv(kv)).unflatten(2, (2, h, d)).permute(2, 0, 3, 1, 4)
+        N, M = q.shape[-2], k.shape[-2]
         bias = None
         if relative_pos_enc is not None:
             bias = relative_pos_enc(N, M) if callable(relative_pos_enc) else resize_pos_enc(relative_pos_enc, N, M)
-            bias = bias.to(q.dtype).expand(B, h, N, M)
-        # Queries in blocks of ~2**19 logits: the N x M attention map of the high-resolution stages then stays in cache
-        step = N if _exporting() else max(32, _ATTN_BLOCK // max(1, B * h * M))
-        out = [
-            self._attend(q[:, i : i + step], k, v, None if bias is None else bias[:, :, i : i + step])
-            for i in range(0, N, step)
-        ]
-        out = out[0] if len(out) == 1 else torch.cat(out, dim=1)  # (B*h, N, d)
-        return out.transpose(-1, -2).reshape(B, C, H, W)
+            bias = bias.to(q.dtype)
+        if _exporting():
+            out = self._attend(q, k, v, bias)
+        else:  # PyTorch's fused attention: scale, bias, softmax and the value product in one cache-blocked kernel
+            p = self.attn_drop.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
+        return out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last map
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """softmax(scale * q @ k + bias) @ v for a block of queries: (B*h, n, d) -> (B*h, n, d)."""
-        if bias is None:
-            attn = (q @ k) * self.scale
-        else:  # bias + scale * (q @ k) as one batched GEMM (no separate scale/add passes over the logits)
-            attn = torch.baddbmm(bias.reshape(q.shape[0], q.shape[1], k.shape[-1]), q, k, alpha=self.scale)
+        """softmax(scale * q k^T + bias) v written out (exported graphs): (B, h, N, d) -> (B, h, N, d)."""
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        if bias is not None:
+            attn = attn + bias
         return self.attn_drop(attn.softmax(dim=-1)) @ v
 
 
@@ -473,7 +469,12 @@ def _own_pos_enc(m: nn.Module) -> PosEnc:
 
 
 class MultiScaleDWConv(nn.Module):
-    """Depthwise convs with kernels 1/3/5/7 on channel quarters (the first takes the remainder): (B,C,H,W) -> same."""
+    """Depthwise convs with kernels 1/3/5/7 on channel quarters (the first takes the remainder): (B,C,H,W) -> same.
+
+    Runs as one depthwise conv whose kernel holds each quarter's kernel zero-padded to the largest size (the same sums:
+    the padding taps add zeros), instead of a split, four convs and a concatenation; the parameters are the official
+    four convs ``proj.0-3``.
+    """
 
     def __init__(self, dim: int, scale: Sequence[int] = (1, 3, 5, 7)):
         super().__init__()
@@ -481,12 +482,38 @@ class MultiScaleDWConv(nn.Module):
         self.channels = [dim - dim // n * (n - 1)] + [dim // n] * (n - 1)
         self.proj = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2, groups=c) for c, k in zip(self.channels, scale))
 
+    def kernel(self, identity: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merged (C, 1, K, K) kernel and (C,) bias; ``identity`` adds the input (1 at every kernel centre)."""
+        K = max(c.kernel_size[0] for c in self.proj)
+        w = torch.cat([F.pad(c.weight, [(K - c.kernel_size[0]) // 2] * 4) for c in self.proj])
+        if identity:
+            eye = torch.zeros_like(w[:1])
+            eye[..., K // 2, K // 2] = 1
+            w = w + eye
+        return w, torch.cat([c.bias for c in self.proj])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([_dwconv(conv, t) for conv, t in zip(self.proj, x.split(self.channels, dim=1))], dim=1)
+        if torch.is_grad_enabled() or _exporting():  # the four convs as written (see forward_plus_identity)
+            return torch.cat([_dwconv(conv, t) for conv, t in zip(self.proj, x.split(self.channels, dim=1))], dim=1)
+        w, b = self.kernel()
+        return F.conv2d(x, w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
 
     def forward_plus_identity(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward(x) + x`` with the identity folded into each kernel."""
-        return torch.cat([_dw_plus_identity(conv, t) for conv, t in zip(self.proj, x.split(self.channels, dim=1))], 1)
+        """``forward(x) + x``; without autograd as one conv with the identity in the kernel.
+
+        With autograd the four convs run as written: a depthwise conv's backward pass costs several times its forward
+        on the CPU and grows with the kernel, so padding every quarter to 7x7 would cost more than it saves. Exporters
+        need kernels of known shape, and half precision would round the identity into the kernel.
+        """
+        if (
+            torch.is_grad_enabled()
+            or _exporting()
+            or torch.is_autocast_enabled(x.device.type)
+            or x.dtype not in (torch.float32, torch.float64)
+        ):
+            return self.forward(x) + x
+        w, b = self.kernel(identity=True)
+        return F.conv2d(x, w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
 
 
 def _dwconv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -513,12 +540,21 @@ class MSFFN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(x)
         if self.training or torch.is_autocast_enabled(x.device.type):
+            x = self.fc1(x)
             x = self.norm(self.act(self.dwconv(x) + x))
             return self.drop(self.fc2(self.drop(x)))
-        # inference: the residual joins the depthwise kernels, ``norm`` and ``fc2.1`` fold into the 1x1 conv
-        x = self.act(self.dwconv.forward_plus_identity(x))
+        # inference: the residual joins the depthwise kernels, ``norm`` and ``fc2.1`` fold into the 1x1 conv, and without
+        # autograd the hidden-size activations are updated in place (no fresh buffers to page-fault in)
+        conv, act, bn = self.fc1
+        in_place = type(act) is type(self.act) is nn.GELU and not (torch.is_grad_enabled() or _exporting())
+        if not in_place:
+            x = self.act(self.dwconv.forward_plus_identity(self.fc1(x)))
+        else:
+            x = torch.ops.aten.gelu_(conv(x), approximate=act.approximate)
+            s, t = _bn_affine(bn)
+            x = torch.addcmul(t.reshape(1, -1, 1, 1), x, s.reshape(1, -1, 1, 1), out=x)
+            x = torch.ops.aten.gelu_(self.dwconv.forward_plus_identity(x), approximate=self.act.approximate)
         w, b = _fold_1x1(self.fc2[0], pre=self.norm, post=self.fc2[1])
         return F.conv2d(x, w, b)
 
@@ -746,7 +782,7 @@ class TransXNet(Backbone):
         """(B, 3, H, W) -> [(B, C_i, ~H/s, ~W/s) for s in 4, 8, 16, 32] (sizes as conv arithmetic gives them)."""
         if x.ndim != 4:
             raise PluginError(f"TransXNet expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
-        x = self.patch_embed(x)
+        x = self.patch_embed(channels_last(x))
         outs = []
         for i in range(4):
             if i:
