@@ -158,7 +158,8 @@ def _cpb_mlp(fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: t
     w1 = fc1.weight  # (hidden, 2)
     a = coords_h.to(w1.dtype)[:, None] * w1[:, 0] + fc1.bias  # (Uh, hidden)
     b = coords_w.to(w1.dtype)[:, None] * w1[:, 1]  # (Uw, hidden)
-    rows = max(1, (1 << 20) // (b.shape[0] * b.shape[1]))
+    budget = 1 << 20 if a.device.type == "cpu" else 1 << 26  # cache-sized slices on CPUs; GPUs: bound memory only
+    rows = max(1, budget // (b.shape[0] * b.shape[1]))
     out = [fc2((a[r : r + rows, None] + b).relu_()) for r in range(0, a.shape[0], rows)]  # (rows, Uw, heads) each
     return torch.cat(out, 0).permute(2, 0, 1).contiguous()  # (heads, Uh, Uw)
 
@@ -477,8 +478,8 @@ class ConvolutionalGLU(nn.Module):
         # so the depthwise conv reads the first one as a channels-last map without a copy
         (w1, w2), (b1, b2) = self.fc1.weight.chunk(2), self.fc1.bias.chunk(2)
         dropout = self.training and self.drop.p > 0
-        if not torch.is_grad_enabled() and not _building_graph() and not dropout:
-            return self._forward_rows(x, H, W, w1, b1, w2, b2)
+        if x.device.type == "cpu" and not (torch.is_grad_enabled() or _building_graph() or dropout):
+            return self._forward_rows(x, H, W, w1, b1, w2, b2)  # cache-sized chunks pay on CPUs only
         x, v = F.linear(x, w1, b1), F.linear(x, w2, b2)
         x = self.dwconv(x, H, W)
         x = self.act(x) * v
