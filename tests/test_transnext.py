@@ -457,3 +457,17 @@ def test_yaml_full_size_and_train_step():
             assert preds.shape == (1, 84, sum((hw[0] // s) * (hw[1] // s) for s in (8, 16, 32)))
     detection_train_step(model)
     assert model.model[0].patch_embed1.proj.weight.grad is not None
+
+
+def test_traced_sizes_are_python_ints(monkeypatch):
+    """While tracing (ONNX export), map sizes reach the geometry tables as ints: traced tensor sizes defeated the
+    de-duplication of relative coordinates (bias tables of every pair: the 640 px export exceeded ONNX's 2 GB)."""
+    seen = []
+    geometry = T.cpb_geometry
+    monkeypatch.setattr(T, "cpb_geometry", lambda size, *a: seen.append(size) or geometry(size, *a))
+    blk = T.TransNeXtBlock(64, num_heads=2).eval()
+    x = torch.randn(1, 64, 12, 16)
+    with torch.no_grad():
+        traced = torch.jit.trace(blk, (x,), check_trace=False)
+        torch.testing.assert_close(traced(x), blk(x))
+    assert seen and all(type(s) is int for size in seen for s in size)

@@ -237,6 +237,8 @@ def _onnx_step(spec: Spec, wrapper, model, x, res: Result):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = spec.threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not busy-wait: the
+    # other workers' steps run in between
     session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.contiguous().numpy()}
     with torch.inference_mode():
@@ -399,8 +401,9 @@ def _result_from(d: dict) -> Result:
     return Result(**d)
 
 
-def measure(specs: list[Spec], rounds: int = 5, warmup: int = 1, log=None) -> list[Result]:
-    """Start one worker per spec (one at a time, each warmed up), then time ``rounds`` interleaved rounds.
+def measure(specs: list[Spec], rounds: int = 5, warmup: int = 1, log=None, settle: float = 0.3) -> list[Result]:
+    """Start one worker per spec (one at a time, each warmed up), then time ``rounds`` interleaved rounds, ``settle``
+    seconds of idle before each step.
 
     Returns the results in the order of ``specs``; a worker that fails has a ``note`` and no latency.
     """
@@ -413,6 +416,7 @@ def measure(specs: list[Spec], rounds: int = 5, warmup: int = 1, log=None) -> li
             log(f"ready: {s.label} ({s.mode}, {s.runtime}, {s.imgsz} px, batch {s.batch})")
     for r in range(rounds):
         for w in workers:
+            time.sleep(settle)  # the previous worker's OpenMP threads stop spinning before the next one starts
             w.step()
         if log:
             log(f"round {r + 1}/{rounds} done")

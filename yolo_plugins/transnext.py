@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -183,12 +184,17 @@ class _BiasCache:
 
     @staticmethod
     def active(module: nn.Module) -> bool:
-        return not (module.training or torch.is_grad_enabled() or _building_graph())
+        """Eager inference: eval mode and no autograd reaching the MLP weights (frozen weights count as inference)."""
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in module.cpb_fc1.parameters())
+        return not (module.training or grad or _building_graph())
 
     def get(self, key: tuple, params: list[torch.Tensor]) -> torch.Tensor | None:
-        if self.key == key and all(torch.equal(p, q) for p, q in zip(params, self.weights)):
-            return self.value
-        return None
+        if self.key != key:
+            return None
+        with warnings.catch_warnings():  # while tracing: the comparison is Python control flow, by design
+            warnings.simplefilter("ignore")
+            valid = all(torch.equal(p, q) for p, q in zip(params, self.weights))
+        return self.value if valid else None
 
     def put(self, key: tuple, params: list[torch.Tensor], value: torch.Tensor) -> None:
         self.key, self.weights, self.value = key, [p.detach().clone() for p in params], value
@@ -206,12 +212,20 @@ def _bias_table(module: nn.Module, size, pool, device) -> tuple[torch.Tensor, to
     key = (size, pool, device, dtype)
     cache: _BiasCache = module.__dict__.setdefault("_bias_cache", _BiasCache())
     use_cache = _BiasCache.active(module)
-    t = cache.get(key, params) if use_cache else None
+    # an exported (traced) graph of an eval model takes the table a dry run at its size cached, as a constant: tracing
+    # the bias MLP instead folds its (Uh * Uw, 512) hidden layer into constants (over 2 GB at 640, beyond ONNX's limit)
+    frozen = _frozen_graph(module) or (_building_graph() and not module.training and not torch.is_grad_enabled())
+    t = cache.get(key, params) if use_cache or frozen else None
     if t is None:
         t = _cpb_mlp(module.cpb_fc1, module.cpb_fc2, ch, cw)
         if use_cache:
             cache.put(key, params, t)
     return t, index_h, index_w
+
+
+def _frozen_graph(module: nn.Module) -> bool:
+    """A graph being built from an eval module whose bias-MLP weights take no gradient (exports)."""
+    return _building_graph() and not module.training and not any(p.requires_grad for p in module.cpb_fc1.parameters())
 
 
 def gather_bias(table: torch.Tensor, index_h: torch.Tensor, index_w: torch.Tensor, y0: int, y1: int) -> torch.Tensor:
@@ -259,6 +273,17 @@ def _building_graph() -> bool:
         or torch.onnx.is_in_onnx_export()
         or getattr(torch.compiler, "is_compiling", lambda: False)()
     )
+
+
+def _map_size(x: torch.Tensor) -> tuple[int, int]:
+    """(H, W) of a (B, C, H, W) map as Python ints, also while tracing (where sizes are tensors): the size-dependent
+    tables are built in Python from them (a traced size would defeat their de-duplication, making the exported bias
+    tables ~30x larger, and the cache lookups). Exported graphs are thus fixed to the traced size."""
+    if not torch.jit.is_tracing():
+        return int(x.shape[-2]), int(x.shape[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return int(x.shape[-2]), int(x.shape[-1])
 
 
 def _grad_or_graph(table: torch.Tensor) -> bool:
@@ -437,7 +462,7 @@ class OverlapPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
-        H, W = x.shape[-2:]
+        H, W = _map_size(x)
         return self.norm(x.flatten(2).transpose(1, 2)), H, W
 
 
@@ -824,8 +849,9 @@ class TransNeXtBlock(Block):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        y = self.forward_tokens(_to_tokens(x, "TransNeXtBlock"), H, W)
+        t = _to_tokens(x, "TransNeXtBlock")
+        H, W = _map_size(x)
+        y = self.forward_tokens(t, H, W)
         return tokens_to_map(y, H, W)  # channels-last view
 
 
@@ -848,8 +874,8 @@ class ConvGLU(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
         t = _to_tokens(x, "ConvGLU")
+        H, W = _map_size(x)
         y = self.drop_path(self.mlp(self.norm(t), H, W))
         y = t + y if self.residual else y
         return tokens_to_map(y, H, W)  # channels-last view
