@@ -27,9 +27,11 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -222,24 +224,20 @@ def _first_tensor(out):
 
 
 def _onnx_step(spec: Spec, wrapper, model, x, res: Result):
-    """Export with Ultralytics' exporter into a temporary folder; one onnxruntime CPU session."""
-    import tempfile
-
+    """Export with Ultralytics' exporter (into the worker's private folder); one onnxruntime CPU session."""
     import onnxruntime as ort
     import torch
 
-    tmp = Path(tempfile.mkdtemp(prefix="yolo-plugins-speed-"))
     wrapper.model = model
     wrapper.ckpt = None
-    src = Path(wrapper.export(format="onnx", imgsz=spec.imgsz, batch=spec.batch, device="cpu", verbose=False))
-    file = tmp / src.name
-    src.replace(file)
+    file = Path(wrapper.export(format="onnx", imgsz=spec.imgsz, batch=spec.batch, device="cpu", verbose=False))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = spec.threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not busy-wait: the
-    # other workers' steps run in between
+    # idle threads must not busy-wait: the other workers' steps run in between
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
+    file.unlink()  # loaded; the folder is the worker's own
     feed = {session.get_inputs()[0].name: x.contiguous().numpy()}
     with torch.inference_mode():
         ref = _first_tensor(model.eval()(x.contiguous()))
@@ -283,7 +281,7 @@ def _oracle_ms(spec: Spec, model_out, x, repeats: int, res: Result) -> None:
 
 
 def _worker(spec_json: str, warmup: int) -> None:
-    """Worker loop: build, warm up, print ``ready``; then one timed step per ``step`` line; ``quit`` prints the result."""
+    """Worker loop: build, warm up, print ``ready``; one timed step per ``step`` line; ``quit`` prints the result."""
     spec = Spec(**json.loads(spec_json))
     if spec.root:
         sys.path.insert(0, spec.root)
@@ -345,16 +343,20 @@ def _result_dict(res: Result) -> dict:
 
 
 class _Worker:
+    """One worker process; it runs in a private temporary folder (exports land there), removed at the end."""
+
     def __init__(self, spec: Spec, warmup: int):
         self.spec = spec
         env = dict(os.environ)
         if spec.root:  # the other checkout's package, not the installed one
             env["PYTHONPATH"] = os.pathsep.join([spec.root, env.get("PYTHONPATH", "")])
+        self.folder = tempfile.mkdtemp(prefix="yolo-plugins-speed-")
+        self.stderr = open(Path(self.folder) / "stderr.txt", "w+")  # a file, so a chatty worker never blocks on a pipe
         # this file run by path, so a checkout without it (``root``) can still be measured
         run = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__speed_worker__')"
         cmd = [sys.executable, "-c", run, __file__, "--worker", json.dumps(asdict(spec)), str(warmup)]
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=_tmp()
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env, cwd=self.folder
         )
         self.result: Result | None = None
 
@@ -362,14 +364,15 @@ class _Worker:
         for line in self.proc.stdout:
             if line.startswith("{"):
                 return json.loads(line)
-        err = (self.proc.stderr.read().strip().splitlines() or ["worker exited"])[-1][:200]
+        self.proc.wait()
+        self.stderr.seek(0)
+        err = (self.stderr.read().strip().splitlines() or ["worker exited"])[-1][:200]
         return {"ready": False, "result": _result_dict(Result(self.spec, note=f"failed: {err}"))}
 
     def ready(self) -> bool:
         msg = self._read()
         if not msg.get("ready"):
             self.result = _result_from(msg["result"])
-            self.proc.wait()
         return self.result is None
 
     def step(self) -> None:
@@ -386,13 +389,9 @@ class _Worker:
             self.proc.stdin.flush()
             self.result = _result_from(self._read()["result"])
         self.proc.wait()
+        self.stderr.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
         return self.result
-
-
-def _tmp() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()  # workers run outside the checkout: no local folder shadows the imported package
 
 
 def _result_from(d: dict) -> Result:
@@ -458,7 +457,7 @@ def _key(s: Spec) -> tuple:
 
 
 def format_markdown(results: list[Result]) -> str:
-    """One table. ``ratio``: a derived model's latency over its stock twin's (same mode, size, batch, runtime and device,
+    """One table. ``ratio``: a derived model's latency over its stock twin's (same mode, size, batch, runtime, device,
     default memory layout, this checkout). Notes give an ONNX row's latency over the same model's eager one and a row
     from another checkout (``root``) its latency over this checkout's."""
     lines = [

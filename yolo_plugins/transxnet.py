@@ -544,8 +544,8 @@ class MSFFN(nn.Module):
             x = self.fc1(x)
             x = self.norm(self.act(self.dwconv(x) + x))
             return self.drop(self.fc2(self.drop(x)))
-        # inference: the residual joins the depthwise kernels, ``norm`` and ``fc2.1`` fold into the 1x1 conv, and without
-        # autograd the hidden-size activations are updated in place (no fresh buffers to page-fault in)
+        # inference: the residual joins the depthwise kernels, ``norm`` and ``fc2.1`` fold into the 1x1 conv, and
+        # without autograd the hidden-size activations are updated in place (no fresh buffers to page-fault in)
         conv, act, bn = self.fc1
         in_place = type(act) is type(self.act) is nn.GELU and not (torch.is_grad_enabled() or _exporting())
         if not in_place:
