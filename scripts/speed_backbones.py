@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_plugins.speed import DEFAULT_BACKBONES, Spec, format_markdown, machine_line, measure
+from yolo_plugins.speed import DEFAULT_BACKBONES, Spec, measure, report
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -45,11 +45,7 @@ def main(argv: list[str] | None = None) -> str:
         for m in args.models
     ]
     results = measure(specs, args.rounds, args.warmup, log=lambda m: print(m, file=sys.stderr))
-    table = f"{machine_line(args.threads)}; median of {args.rounds} interleaved rounds\n\n" + format_markdown(results)
-    print(table)
-    if args.out:
-        args.out.write_text(table)
-    return table
+    return report(results, args.threads, args.rounds, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from yolo_plugins.speed import DEFAULT_MODELS, Spec, format_markdown, machine_line, measure, stock_twin
+from yolo_plugins.speed import DEFAULT_MODELS, Spec, measure, report, stock_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 # glibc: serve large tensors from the heap and never return freed memory to the OS, so repeated forwards stop paying
@@ -85,16 +85,8 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="yolo-plugins-against-") as tmp:
         against = checkout(args.against, Path(tmp)) if args.against else None
         results = measure(specs_for(args, against), args.rounds, args.warmup, log=lambda m: print(m, file=sys.stderr))
-    table = (
-        f"{machine_line(args.threads)}; median of {args.rounds} interleaved rounds"
-        + ("; glibc malloc tuned (" + " ".join(MALLOC_TUNED) + ")" if args.malloc_tuned else "")
-        + "\n\n"
-    )
-    table += format_markdown(results)
-    print(table)
-    if args.out:
-        args.out.write_text(table)
-    return table
+    extra = "; glibc malloc tuned (" + " ".join(MALLOC_TUNED) + ")" if args.malloc_tuned else ""
+    return report(results, args.threads, args.rounds, args.out, extra)
 
 
 if __name__ == "__main__":

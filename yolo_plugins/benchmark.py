@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -212,16 +211,10 @@ def _train(model: str, label: str, seed: int, cfg: BenchmarkConfig, data: str) -
 
 def machine() -> str:
     """One line naming the hardware the numbers come from."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .speed import cpu_name
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} CPU threads, {gpu}, torch {torch.__version__}"
+    return f"{cpu_name()}, {os.cpu_count()} CPU threads, {gpu}, torch {torch.__version__}"
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ __all__ = [
     "format_markdown",
     "machine_line",
     "measure",
+    "report",
     "size_table",
     "stock_twin",
 ]
@@ -425,27 +426,40 @@ def measure(specs: list[Spec], rounds: int = 5, warmup: int = 1, log=None, settl
 # ---------------------------------------------------------------------------------------------------------- tables
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_line(threads: int | None = None) -> str:
     """Machine and software the figures come from."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     try:
         from ultralytics import __version__ as ul
     except ImportError:
         ul = "-"
     return (
-        f"{cpu}, {os.cpu_count()} CPUs{gpu}, {threads or torch.get_num_threads()} threads; torch {torch.__version__}, "
-        f"ultralytics {ul}"
+        f"{cpu_name()}, {os.cpu_count()} CPUs{gpu}, {threads or torch.get_num_threads()} threads; torch "
+        f"{torch.__version__}, ultralytics {ul}"
     )
+
+
+def report(results: list[Result], threads: int | None, rounds: int, out: Path | None = None, extra: str = "") -> str:
+    """The Markdown table of ``results`` under a line naming the machine and settings; printed, and written to
+    ``out`` when given."""
+    table = f"{machine_line(threads)}; median of {rounds} interleaved rounds{extra}\n\n" + format_markdown(results)
+    print(table)
+    if out:
+        Path(out).write_text(table)
+    return table
 
 
 def _fmt(v, nd: int = 0) -> str:
