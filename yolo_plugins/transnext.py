@@ -48,7 +48,7 @@ from torch import nn
 
 from .backbone import Backbone, FeatureInfo
 from .errors import PluginError
-from .layers import CSPBlock, DropPath, channels_last, drop_path_rates, to_2tuple, tokens_to_map
+from .layers import CSPBlock, DropPath, channels_last, drop_path_rates, map_to_tokens, to_2tuple, tokens_to_map
 from .registry import register_module
 
 __all__ = [
@@ -463,7 +463,7 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         H, W = _map_size(x)
-        return self.norm(x.flatten(2).transpose(1, 2)), H, W
+        return self.norm(map_to_tokens(x)), H, W
 
 
 class DWConv(nn.Module):
@@ -631,7 +631,7 @@ class AggregatedAttention(nn.Module):
         x_ = F.adaptive_avg_pool2d(x_.view(B, H, W, C).permute(0, 3, 1, 2), pool)
         if view is not None:
             x_ = x_.flip(-2, -1)
-        kv_pool = self.kv(self.norm(x_.flatten(2).transpose(1, 2))).view(B, P, 2, h, d).permute(2, 0, 3, 1, 4)
+        kv_pool = self.kv(self.norm(map_to_tokens(x_))).view(B, P, 2, h, d).permute(2, 0, 3, 1, 4)
         k_pool, v_pool = F.normalize(kv_pool[0], dim=-1), kv_pool[1]  # (B, h, P, d)
 
         # One softmax over local + pooled similarities, then the local aggregation, in chunks of query rows: the pooled
@@ -792,7 +792,7 @@ def _default_heads(c: int, head_dim: int = 32) -> int:
 def _to_tokens(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.ndim != 4:
         raise PluginError(f"{name} expects a (B, C, H, W) tensor, got shape {list(x.shape)}")
-    return x.flatten(2).transpose(1, 2)
+    return map_to_tokens(x)
 
 
 @register_module(channels="same")

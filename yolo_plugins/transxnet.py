@@ -471,9 +471,9 @@ def _own_pos_enc(m: nn.Module) -> PosEnc:
 class MultiScaleDWConv(nn.Module):
     """Depthwise convs with kernels 1/3/5/7 on channel quarters (the first takes the remainder): (B,C,H,W) -> same.
 
-    Runs as one depthwise conv whose kernel holds each quarter's kernel zero-padded to the largest size (the same sums:
-    the padding taps add zeros), instead of a split, four convs and a concatenation; the parameters are the official
-    four convs ``proj.0-3``.
+    Without autograd it runs as one depthwise conv whose kernel holds each quarter's kernel zero-padded to the largest
+    size (the same sums: the padding taps add zeros), instead of a split, four convs and a concatenation; the
+    parameters are the official four convs ``proj.0-3``.
     """
 
     def __init__(self, dim: int, scale: Sequence[int] = (1, 3, 5, 7)):
