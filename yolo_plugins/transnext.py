@@ -183,10 +183,10 @@ class _BiasCache:
         self.__init__()
 
     @staticmethod
-    def active(module: nn.Module) -> bool:
-        """Eager inference: eval mode and no autograd reaching the MLP weights (frozen weights count as inference)."""
+    def readable(module: nn.Module) -> bool:
+        """Inference: eval mode and no autograd reaching the MLP weights (frozen weights count as inference)."""
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in module.cpb_fc1.parameters())
-        return not (module.training or grad or _building_graph())
+        return not (module.training or grad)
 
     def get(self, key: tuple, params: list[torch.Tensor]) -> torch.Tensor | None:
         if self.key != key:
@@ -211,21 +211,16 @@ def _bias_table(module: nn.Module, size, pool, device) -> tuple[torch.Tensor, to
     params = [module.cpb_fc1.weight, module.cpb_fc1.bias, module.cpb_fc2.weight, module.cpb_fc2.bias]
     key = (size, pool, device, dtype)
     cache: _BiasCache = module.__dict__.setdefault("_bias_cache", _BiasCache())
-    use_cache = _BiasCache.active(module)
-    # an exported (traced) graph of an eval model takes the table a dry run at its size cached, as a constant: tracing
-    # the bias MLP instead folds its (Uh * Uw, 512) hidden layer into constants (over 2 GB at 640, beyond ONNX's limit)
-    frozen = _frozen_graph(module) or (_building_graph() and not module.training and not torch.is_grad_enabled())
-    t = cache.get(key, params) if use_cache or frozen else None
+    # read in inference, also while an (eval, frozen) graph is built: an export then takes the table a dry run at its
+    # size cached, as a constant; tracing the bias MLP instead folds its (Uh * Uw, 512) hidden layer into constants
+    # (over 2 GB at 640, beyond ONNX's limit). Written in eager inference only.
+    readable = _BiasCache.readable(module)
+    t = cache.get(key, params) if readable else None
     if t is None:
         t = _cpb_mlp(module.cpb_fc1, module.cpb_fc2, ch, cw)
-        if use_cache:
+        if readable and not _building_graph():
             cache.put(key, params, t)
     return t, index_h, index_w
-
-
-def _frozen_graph(module: nn.Module) -> bool:
-    """A graph being built from an eval module whose bias-MLP weights take no gradient (exports)."""
-    return _building_graph() and not module.training and not any(p.requires_grad for p in module.cpb_fc1.parameters())
 
 
 def gather_bias(table: torch.Tensor, index_h: torch.Tensor, index_w: torch.Tensor, y0: int, y1: int) -> torch.Tensor:
