@@ -359,6 +359,19 @@ def test_bf16_autocast(micro):
         assert (a.float() - b).abs().mean() < 0.1
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cast_model_runs_in_its_dtype(micro, dtype):
+    """``model.half()`` / ``.to(bfloat16)`` (Ultralytics' half-precision validation and predict), also after an fp32
+    run filled the size caches: every feature comes out in the model's dtype, close to fp32."""
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = micro(x)
+        out = copy.deepcopy(micro).to(dtype)(x.to(dtype))
+    for a, b in zip(out, ref):
+        assert a.dtype == dtype
+        assert (a.float() - b).abs().max() < 0.05 * b.abs().max()
+
+
 def test_no_fixed_device_and_dtype():
     m = T.TransNeXt("micro").eval()
     with torch.no_grad():

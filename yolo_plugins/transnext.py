@@ -121,9 +121,10 @@ def cpb_geometry(
 
 @lru_cache(maxsize=64)
 def local_geometry(
-    size: tuple[int, int], window: int, pool_len: int, device: torch.device
+    size: tuple[int, int], window: int, pool_len: int, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padding mask and length scale of the sliding window (cached per arguments).
+    """Padding mask and length scale of the sliding window (cached per arguments), in the module's ``dtype``: a float32
+    table would promote a half-precision model's attention to float32 (and fail at its output projection).
 
     Returns:
         ``mask`` (N, window**2): 0 where the window position lies inside the map, -inf outside (zero padding), in
@@ -133,13 +134,13 @@ def local_geometry(
         valid = F.unfold(torch.ones(1, 1, *size), window, padding=window // 2)[0].t()  # (N, window**2)
         mask = torch.zeros_like(valid).masked_fill_(valid == 0, float("-inf"))
         scale = torch.log(valid.sum(-1) + pool_len).view(-1, 1, 1)
-        return mask.to(device), scale.to(device)
+        return mask.to(device, dtype), scale.to(device, dtype)
 
 
 @lru_cache(maxsize=256)
-def _log_length(n: int, device: torch.device) -> torch.Tensor:
+def _log_length(n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     with torch.inference_mode(False), torch.no_grad():
-        return torch.log(torch.tensor(float(n), device=device))
+        return torch.log(torch.tensor(float(n), device=device)).to(dtype)
 
 
 def clear_caches() -> None:
@@ -605,7 +606,7 @@ class AggregatedAttention(nn.Module):
         h, d, ws = self.num_heads, self.head_dim, self.window_size
         pool = self.pooled_size(H, W)
         P = pool[0] * pool[1]
-        mask, seq_scale = local_geometry((H, W), ws, P, x.device)
+        mask, seq_scale = local_geometry((H, W), ws, P, x.device, self.q.weight.dtype)
 
         # queries: cosine (L2-normalised) + query embedding, scaled by softplus(temperature) and log(length)
         q_norm = F.normalize(self.q(x).view(B, N, h, d), dim=-1)  # (B, N, h, d)
@@ -725,7 +726,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         table, index_h, index_w = _bias_table(self, (H, W), (H, W), x.device)
         bias = gather_bias(table, index_h, index_w, 0, H)  # (h, N, N)
-        scale = F.softplus(self.temperature) * _log_length(N, x.device)
+        scale = F.softplus(self.temperature) * _log_length(N, x.device, self.temperature.dtype)
         q, k = torch.add(F.normalize(q, dim=-1), self.query_embedding).mul_(scale), F.normalize(k, dim=-1)
         if _fused_kernel(x, self.training and self.attn_drop.p > 0, table):
             dt = _autocast_dtype(x.device) or q.dtype
