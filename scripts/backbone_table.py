@@ -6,7 +6,7 @@ python scripts/backbone_table.py [--imgsz 640] [--models repvit_m0_9 ...]
 import argparse
 
 import yolo_plugins
-from yolo_plugins.speed import size_table
+from yolo_plugins.tools.speed import size_table
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from yolo_plugins.repvit import RepViT, benchmark_fuse
+from yolo_plugins.nn.repvit import RepViT, benchmark_fuse
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -7,7 +7,7 @@ python scripts/benchmark.py --data VOC.yaml --imgsz 640 --epochs 100 --models yo
 import argparse
 import sys
 
-from yolo_plugins.cli import _cmd_benchmark, add_benchmark_args, benchmark_extras
+from yolo_plugins.tools.cli import _cmd_benchmark, add_benchmark_args, benchmark_extras
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

@@ -15,8 +15,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from yolo_plugins.benchmark import NO_AUGMENTATION, BenchmarkConfig, _label, _train
-from yolo_plugins.data import DatasetSpec, make_dataset
+from yolo_plugins.tools.benchmark import NO_AUGMENTATION, BenchmarkConfig, _label, _train
+from yolo_plugins.tools.data import DatasetSpec, make_dataset
 
 
 def _variant(text: str, base: BenchmarkConfig) -> BenchmarkConfig:

@@ -3,7 +3,7 @@
     python scripts/speed_backbones.py                                  # transnext_micro, transxnet_t, repvit_m0_9
     python scripts/speed_backbones.py --models transnext_micro --sizes 320 --modes infer --oracle
 
-Each configuration runs in its own worker process (own peak memory). See :mod:`yolo_plugins.speed`.
+Each configuration runs in its own worker process (own peak memory). See :mod:`yolo_plugins.tools.speed`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from yolo_plugins.speed import DEFAULT_BACKBONES, Spec, measure, report
+from yolo_plugins.tools.speed import DEFAULT_BACKBONES, Spec, measure, report
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -8,7 +8,7 @@
     python scripts/speed_models.py --models yolo11n.yaml yolo11n-repvit.yaml --imgsz 320 --no-train
 
 Each model runs in its own worker process (own peak memory); every round times each worker once. See
-:mod:`yolo_plugins.speed`.
+:mod:`yolo_plugins.tools.speed`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from yolo_plugins.speed import DEFAULT_MODELS, Spec, measure, report, stock_twin
+from yolo_plugins.tools.speed import DEFAULT_MODELS, Spec, measure, report, stock_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 # glibc: serve large tensors from the heap and never return freed memory to the OS, so repeated forwards stop paying

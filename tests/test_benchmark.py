@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from yolo_plugins import PluginError
-from yolo_plugins.benchmark import BenchmarkConfig, _read_curve, run_benchmark
-from yolo_plugins.cli import benchmark_extras, main
+from yolo_plugins.tools.benchmark import BenchmarkConfig, _read_curve, run_benchmark
+from yolo_plugins.tools.cli import benchmark_extras, main
 
 TINY = dict(epochs=2, imgsz=64, batch=4, n_train=8, n_val=4, workers=0, device="cpu", latency_runs=2)
 
@@ -56,7 +56,7 @@ def test_tiny_benchmark_with_seeds_and_a_passed_argument(tmp_path):
 def test_pretrained_backbones_are_labelled(tmp_path, monkeypatch):
     """--weights imagenet: plugin models start from the published checkpoint (pre-placed here), stock ones are
     unchanged, and every output says so."""
-    from yolo_plugins.repvit import RepViT
+    from yolo_plugins.nn.repvit import RepViT
     from yolo_plugins.weights import find_checkpoint
 
     folder = tmp_path / "weights"

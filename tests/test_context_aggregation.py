@@ -7,7 +7,7 @@ import torch
 from conftest import YAMLS
 
 from yolo_plugins import PluginError
-from yolo_plugins.context_aggregation import ContextAggregation
+from yolo_plugins.nn.context_aggregation import ContextAggregation
 
 
 def naive_context_aggregation(ca: ContextAggregation, x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ def test_bad_arguments():
 def test_ca_yamls_build_and_run(name):
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_plugins.context_aggregation import ContextAggregation as CA
+    from yolo_plugins.nn.context_aggregation import ContextAggregation as CA
 
     torch.manual_seed(0)
     m = DetectionModel(str(YAMLS / name), verbose=False).eval()

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from yolo_plugins.data import CLASSES, DatasetSpec, make_dataset
+from yolo_plugins.tools.data import CLASSES, DatasetSpec, make_dataset
 
 SPEC = DatasetSpec(n_train=24, n_val=8, imgsz=160, seed=3)
 

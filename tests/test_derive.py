@@ -17,15 +17,15 @@ import ultralytics
 from conftest import YAMLS, train_step
 from ultralytics.nn import tasks
 
-from yolo_plugins.compat import load_yaml
-from yolo_plugins.derive import (
+from yolo_plugins.errors import ModelNameError, PluginError
+from yolo_plugins.integration.compat import load_yaml
+from yolo_plugins.integration.derive import (
     POST_BLOCKS,
     backbone_strides,
     derive,
     parse_backbone,
     to_yaml,
 )
-from yolo_plugins.errors import ModelNameError, PluginError
 
 CFG = Path(ultralytics.__file__).parent / "cfg" / "models"
 FAMILIES = ("repvit", "transnext", "transxnet")
@@ -197,7 +197,7 @@ def yaml_load(text: str) -> dict:
 
 def _cli(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "yolo_plugins.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "yolo_plugins", *args], cwd=cwd, capture_output=True, text=True, timeout=300
     )
 
 

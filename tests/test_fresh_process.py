@@ -50,7 +50,7 @@ def test_plain_ultralytics_process_builds_plugin_yaml(ca_yaml, tmp_path):
         """,
         tmp_path,
     )
-    assert "PLUGIN yolo_plugins.context_aggregation True" in out
+    assert "PLUGIN yolo_plugins.nn.context_aggregation True" in out
     assert "SHIPPED TransXNet" in out and "DERIVED pose RepViT" in out
 
 
@@ -80,13 +80,13 @@ def test_yolo_console_command_predicts_with_plugin_yaml(model, tmp_path):
 
 def test_yolo_plugins_command(tmp_path):
     out = run(
-        [sys.executable, "-m", "yolo_plugins.cli", "shapes", str(YAMLS / "yolov8n-ca.yaml"), "--imgsz", "64"], tmp_path
+        [sys.executable, "-m", "yolo_plugins", "shapes", str(YAMLS / "yolov8n-ca.yaml"), "--imgsz", "64"], tmp_path
     )
     assert "context_aggregation.ContextAggregation" in out and "(1, 64, 8, 8)" in out
-    out = run([sys.executable, "-m", "yolo_plugins.cli", "list"], tmp_path)
+    out = run([sys.executable, "-m", "yolo_plugins", "list"], tmp_path)
     assert "ContextAggregation" in out and "same" in out
     p = subprocess.run(
-        [sys.executable, "-m", "yolo_plugins.cli", "shapes", str(tmp_path / "nope.yaml")],
+        [sys.executable, "-m", "yolo_plugins", "shapes", str(tmp_path / "nope.yaml")],
         cwd=tmp_path,
         env=ENV,
         capture_output=True,
@@ -157,7 +157,7 @@ def test_restricted_loading_allows_plugin_checkpoints(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_worker_script_builds_plugin_model(ca_yaml, tmp_path):
-    from yolo_plugins.data import DatasetSpec, make_dataset
+    from yolo_plugins.tools.data import DatasetSpec, make_dataset
 
     data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))
     out = run_ddp_worker(

@@ -37,7 +37,7 @@ def scaled_name(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from yolo_plugins.data import DatasetSpec, make_dataset
+    from yolo_plugins.tools.data import DatasetSpec, make_dataset
 
     return str(make_dataset(tmp_path_factory.mktemp("data"), DatasetSpec(n_train=8, n_val=4, imgsz=96)))
 

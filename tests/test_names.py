@@ -12,8 +12,9 @@ from conftest import YAMLS
 from ultralytics import YOLO
 from ultralytics.utils.checks import check_yaml
 
-from yolo_plugins import ModelNameError, names
-from yolo_plugins.benchmark import resolve_model
+from yolo_plugins import ModelNameError
+from yolo_plugins.integration import names
+from yolo_plugins.tools.benchmark import resolve_model
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import ultralytics
 from ultralytics.nn import tasks
 
 import yolo_plugins
-from yolo_plugins.compat import load_yaml
-from yolo_plugins.patch import recording
+from yolo_plugins.integration.compat import load_yaml
+from yolo_plugins.integration.patch import recording
 
 CFG = Path(ultralytics.__file__).parent / "cfg" / "models"
 FAMILIES = ("v3", "v5", "v6", "v8", "v9", "v10", "11", "12", "26")

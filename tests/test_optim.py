@@ -10,7 +10,7 @@ from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_plugins import YAMLError
-from yolo_plugins.optim import lr_scales, split_param_groups
+from yolo_plugins.integration.optim import lr_scales, split_param_groups
 
 
 def _optimizer(model):
@@ -97,7 +97,7 @@ def test_registered_while_the_trainer_module_loads(tmp_path):
     import sys
     import textwrap
 
-    from yolo_plugins.data import DatasetSpec, make_dataset
+    from yolo_plugins.tools.data import DatasetSpec, make_dataset
 
     data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))
     code = f"""
@@ -130,7 +130,7 @@ def test_training_uses_the_scaled_groups(tmp_path, monkeypatch):
     rate, the rest at the trainer's."""
     from ultralytics import YOLO
 
-    from yolo_plugins.data import DatasetSpec, make_dataset
+    from yolo_plugins.tools.data import DatasetSpec, make_dataset
 
     monkeypatch.chdir(tmp_path)
     data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))

@@ -16,8 +16,9 @@ import ultralytics.utils.checks as checks
 from ultralytics.nn import tasks
 
 import yolo_plugins
-from yolo_plugins import IncompatibleUltralyticsError, patch
-from yolo_plugins.compat import SUPPORTED_ULTRALYTICS, in_supported_range
+from yolo_plugins import IncompatibleUltralyticsError
+from yolo_plugins.integration import patch
+from yolo_plugins.integration.compat import SUPPORTED_ULTRALYTICS, in_supported_range
 
 
 def ultralytics_state() -> dict:
@@ -172,7 +173,7 @@ def test_allow_list_both_shapes(unregistered, monkeypatch, make, prebuilt):
     monkeypatch.setattr(tasks, "_SafeLoad", safe, raising=False)
     yolo_plugins.register()
     container = getattr(safe, attr) if prebuilt else safe._build()
-    assert {"yolo_plugins.repvit.RepViT", "yolo_plugins.backbone.FeatureInfo"} <= _plugin_entries(container)
+    assert {"yolo_plugins.nn.repvit.RepViT", "yolo_plugins.nn.backbone.FeatureInfo"} <= _plugin_entries(container)
     yolo_plugins.unregister()
     assert vars(safe)["_build"] is build and safe._build() == stock
     if prebuilt:

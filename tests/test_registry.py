@@ -12,7 +12,7 @@ from ultralytics.utils.ops import make_divisible
 
 import yolo_plugins
 from yolo_plugins import PluginError, YAMLError, register_module, unregister_module
-from yolo_plugins.patch import recording
+from yolo_plugins.integration.patch import recording
 
 
 def build(cfg):
@@ -26,7 +26,7 @@ def test_duplicate_name_is_an_error(toy_modules):
     with pytest.raises(PluginError, match="already registered"):
         register_module(ScaledConv2, name="ScaledConv", channels="scaled")
     register_module(ScaledConv2, name="ScaledConv", channels="scaled", force=True)  # explicit replace works
-    assert yolo_plugins.registry.get_entry("ScaledConv").cls is ScaledConv2
+    assert yolo_plugins.nn.registry.get_entry("ScaledConv").cls is ScaledConv2
 
 
 def test_cannot_shadow_an_ultralytics_module():
@@ -102,7 +102,7 @@ def test_backbone_weights_argument(toy_modules, tmp_path):
 
 
 def test_shapes_table(toy_modules):
-    from yolo_plugins.shapes import format_shapes, model_shapes
+    from yolo_plugins.tools.shapes import format_shapes, model_shapes
 
     rows = model_shapes(toy_yaml(), imgsz="64,96")
     assert [r.index for r in rows] == list(range(8))
@@ -116,7 +116,7 @@ def test_shapes_table(toy_modules):
 
 
 def test_shapes_of_stock_yaml_matches_ultralytics():
-    from yolo_plugins.shapes import model_shapes
+    from yolo_plugins.tools.shapes import model_shapes
 
     rows = model_shapes("yolov8n.yaml", imgsz=64)
     assert rows[0].args == "[3, 16, 3, 2]" and rows[0].channels == 16 and rows[0].shape == (1, 16, 32, 32)
@@ -258,7 +258,7 @@ def test_initialize_weights_leaves_plugin_modules_alone(toy_modules):
 
 
 def test_fuse_reaches_plugin_fusable(toy_modules):
-    from yolo_plugins.layers import Fusable
+    from yolo_plugins.nn.layers import Fusable
 
     class Rep(torch.nn.Module, Fusable):
         def __init__(self, c1):

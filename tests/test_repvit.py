@@ -1,4 +1,4 @@
-"""Tests of yolo_plugins.repvit: variants, official checkpoint layout, re-parameterisation, YAML blocks and models."""
+"""yolo_plugins.nn.repvit: variants, official checkpoint layout, re-parameterisation, YAML blocks and models."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from conftest import detection_train_step
 from torch import nn
 
 import yolo_plugins
-import yolo_plugins.repvit as R
+import yolo_plugins.nn.repvit as R
 from yolo_plugins import CheckpointError, PluginError, create_backbone
-from yolo_plugins.layers import Fusable
-from yolo_plugins.registry import get_entry
+from yolo_plugins.nn.layers import Fusable
+from yolo_plugins.nn.registry import get_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_PARAMS_M = {"m0_9": 5.10, "m1_0": 6.85, "m1_1": 8.29, "m1_5": 14.13, "m2_3": 23.05}  # 1000-class head
@@ -316,7 +316,7 @@ def test_yaml_training_step(registered):
 
 
 def _yaml_dict(name: str) -> dict:
-    from yolo_plugins.compat import load_yaml
+    from yolo_plugins.integration.compat import load_yaml
 
     d = load_yaml(ROOT / "model_yamls" / f"{name}-repvit.yaml")
     d["scale"] = "n"

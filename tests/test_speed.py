@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from yolo_plugins.speed import Spec, format_markdown, measure, stock_twin
+from yolo_plugins.tools.speed import Spec, format_markdown, measure, stock_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("speed")

@@ -126,7 +126,7 @@ def test_repvit_cross_check_with_timm(tmp_path):
     """The same checkpoint through timm's RepViT and through this package's: identical logits, identical features at
     the same blocks. (timm ends stages 1-3 one block earlier than the official detection code does: its stage
     features are this package's features at out_indices [stage end - 1 for stages 1-3, last].)"""
-    from yolo_plugins.repvit import RepViT
+    from yolo_plugins.nn.repvit import RepViT
 
     path = tmp_path / "repvit_m0_9_timm.pth"
     t = _timm_repvit_checkpoint(path)
@@ -185,7 +185,7 @@ def test_pretrained_offline_says_what_to_place_where(tmp_path):
 def trained_timm(tmp_path_factory):
     from ultralytics import YOLO
 
-    from yolo_plugins.data import DatasetSpec, make_dataset
+    from yolo_plugins.tools.data import DatasetSpec, make_dataset
 
     root = tmp_path_factory.mktemp("timm-life")
     data = make_dataset(root / "data", DatasetSpec(n_train=8, n_val=4, imgsz=96))
@@ -247,7 +247,7 @@ def test_swap_with_a_timm_backbone(tmp_path):
         [
             sys.executable,
             "-m",
-            "yolo_plugins.cli",
+            "yolo_plugins.tools.cli",
             "swap",
             "yolo11n.yaml",
             "--backbone",

@@ -10,7 +10,7 @@ import csv
 import pytest
 import yaml
 
-from yolo_plugins.benchmark import NO_AUGMENTATION
+from yolo_plugins.tools.benchmark import NO_AUGMENTATION
 
 MODELS = ("yolov8n.yaml", "yolov8n-repvit.yaml", "yolov8n-transxnet.yaml", "yolov8n-transnext.yaml")
 STEPS = 40  # 4 images, batch 4: one optimizer step per epoch
@@ -20,7 +20,7 @@ STEPS = 40  # 4 images, batch 4: one optimizer step per epoch
 def curves(tmp_path_factory):
     from ultralytics import YOLO
 
-    from yolo_plugins.data import DatasetSpec, make_dataset
+    from yolo_plugins.tools.data import DatasetSpec, make_dataset
 
     root = tmp_path_factory.mktemp("fit")
     data = make_dataset(root / "data", DatasetSpec(n_train=4, n_val=1, imgsz=64))

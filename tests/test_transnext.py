@@ -12,9 +12,9 @@ import torch
 from conftest import detection_train_step
 
 import yolo_plugins
-import yolo_plugins.transnext as T
+import yolo_plugins.nn.transnext as T
 from yolo_plugins import CheckpointError, PluginError, create_backbone
-from yolo_plugins.registry import get_entry
+from yolo_plugins.nn.registry import get_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -443,7 +443,7 @@ def test_convglu_and_csp_blocks():
 def _yaml_model(name: str, scale: str = "n"):
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_plugins.compat import load_yaml
+    from yolo_plugins.integration.compat import load_yaml
 
     cfg = load_yaml(ROOT / "model_yamls" / f"{name}-transnext.yaml")
     cfg["scale"] = scale

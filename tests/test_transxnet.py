@@ -1,4 +1,4 @@
-"""Tests of yolo_plugins.transxnet: variants, official checkpoint layout, optimised vs naive, any input, YAML models."""
+"""yolo_plugins.nn.transxnet: variants, official checkpoint layout, optimised vs naive, any input, YAML models."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from oracles.transxnet_naive import naive_block, naive_forward
 from torch import nn
 
 import yolo_plugins
-import yolo_plugins.transxnet as X
+import yolo_plugins.nn.transxnet as X
 from yolo_plugins import CheckpointError, PluginError, create_backbone
-from yolo_plugins.registry import get_entry
+from yolo_plugins.nn.registry import get_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_PARAMS_M = {"t": 12.83, "s": 26.86, "b": 48.01}  # official classification models (1000-class head)

@@ -14,8 +14,8 @@ import torch
 from conftest import fresh_process_output
 
 from yolo_plugins import CheckpointError, create_backbone
-from yolo_plugins import weights as W
-from yolo_plugins.repvit import RepViT
+from yolo_plugins.nn.repvit import RepViT
+from yolo_plugins.weights import hub as W
 
 
 class _Server:
@@ -85,7 +85,7 @@ def _serve(monkeypatch, server, path="/repvit_m0_9_distill_450e.pth"):
 
 
 def test_table_has_every_variant_and_official_names():
-    from yolo_plugins.backbone import backbone_families
+    from yolo_plugins.nn.backbone import backbone_families
 
     for family, cls in backbone_families().items():
         for variant in cls.variants:
@@ -173,7 +173,7 @@ def test_unknown_name_lists_the_published_ones(folder):
 
 def test_weights_command(server, folder, monkeypatch, official):
     c = _serve(monkeypatch, server)
-    from yolo_plugins.cli import main
+    from yolo_plugins.tools.cli import main
 
     assert main(["weights"]) == 0
     assert main(["weights", "repvit_m0_9", "--no-download"]) == 1  # says where to put it
@@ -191,7 +191,7 @@ def test_checkpoint_of_a_pretrained_model_reloads_without_the_weights(server, fo
 
     _serve(monkeypatch, server)
     yaml = tmp_path / "yolov8n-repvit-imagenet.yaml"
-    from yolo_plugins.names import shipped_dir
+    from yolo_plugins.integration.names import shipped_dir
 
     text = (shipped_dir() / "yolov8-repvit.yaml").read_text()
     yaml.write_text(text.replace("[{ n: m0_9, s: m1_0, m: m1_1, l: m1_5, x: m2_3 }]", "[m0_9, imagenet]"))

@@ -43,9 +43,10 @@ def wheel_env(tmp_path_factory):
 def test_wheel_contents(wheel_env):
     wheel = wheel_env[0]
     names = set(zipfile.ZipFile(wheel).namelist())
-    yamls = {n.split("/")[-1] for n in names if n.startswith("yolo_plugins/model_yamls/") and n.endswith(".yaml")}
-    assert yamls == {p.name for p in (ROOT / "yolo_plugins" / "model_yamls").glob("*.yaml")} and len(yamls) >= 15
-    assert {"yolo_plugins_autoload.pth", "_yolo_plugins_autoload.py", "yolo_plugins/__init__.py"} <= names
+    yamls = {n.split("/")[-1] for n in names if n.startswith("yolo_plugins/cfg/models/") and n.endswith(".yaml")}
+    assert yamls == {p.name for p in (ROOT / "yolo_plugins" / "cfg" / "models").glob("*.yaml")} and len(yamls) >= 15
+    top_level = {"yolo_plugins_autoload.pth", "_yolo_plugins_autoload.py", "_yolo_plugins_importhook.py"}
+    assert top_level | {"yolo_plugins/__init__.py"} <= names
     assert not any(n.startswith(("tests/", "scripts/")) for n in names)
 
 
@@ -89,6 +90,6 @@ def test_console_script(wheel_env):
     out = _run([exe, "list"], empty, env)
     assert "RepViT" in out and "yolo26-repvit.yaml" in out and "<stock name>-<family>" in out
     out = _run([exe, "shapes", "yolov8n-pose-transnext.yaml", "--imgsz", "64"], empty, env)
-    assert "plugins.transnext.TransNeXt" in out and "Pose" in out
+    assert "nn.transnext.TransNeXt" in out and "Pose" in out
     out = _run([exe, "swap", "yolo11n-obb.yaml", "--backbone", "repvit:m1_1", "-o", "-"], empty, env)
     assert "[-1, 1, RepViT, [m1_1]]" in out and "OBB" in out

@@ -1,6 +1,6 @@
 """Naive TransNeXt forward: the paper's math written out plainly, as the oracle of the optimised ``transnext.py``.
 
-Uses the parameters of a :class:`yolo_plugins.transnext.TransNeXt` (or of its blocks) but none of its forward code or
+Uses the parameters of a :class:`yolo_plugins.nn.transnext.TransNeXt` (or of its blocks) but none of its forward code or
 caches: the 3x3 window comes from ``F.unfold`` with an explicit validity mask, the relative coordinates of every
 (query, key) pair are computed directly (no table of distinct values), the bias MLP runs on every pair, the shared
 softmax runs on the concatenated similarities. Only for small inputs (it is O(N * P * 512) in memory).

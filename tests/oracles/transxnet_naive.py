@@ -1,7 +1,7 @@
 """Naive functional TransXNet (eval mode) straight from a state dict: the oracle for the optimised module.
 
 Written from the paper's description and the official parameter layout, without any of the optimisations in
-``yolo_plugins.transxnet``: every block resizes the relative position encoding itself, IDConv runs one conv per
+``yolo_plugins.nn.transxnet``: every block resizes the relative position encoding itself, IDConv runs one conv per
 sample, attention is an explicit softmax, BatchNorms use their running statistics.
 """
 

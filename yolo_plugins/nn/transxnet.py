@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import PluginError
 from .backbone import Backbone, FeatureInfo
-from .errors import PluginError
 from .layers import CSPBlock, DropPath, channels_last, drop_path_rates, map_to_tokens
 from .registry import register_module
 

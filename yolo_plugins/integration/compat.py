@@ -49,8 +49,8 @@ def in_supported_range(version: str | None = None) -> bool:
 
 def load_yaml(path: str | os.PathLike) -> dict:
     """A model YAML file as a dict, read as Ultralytics reads it (safe loader), on every supported release."""
-    import yaml
-
     from pathlib import Path
+
+    import yaml
 
     return yaml.safe_load(Path(path).read_text(encoding="utf-8", errors="ignore")) or {}

@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import PluginError
+from ..errors import PluginError
+from ..integration.compat import SUPPORTED_ULTRALYTICS
 
 OWN_COMMANDS = ("list", "shapes", "swap", "weights", "benchmark")
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
-    from .backbone import Backbone
-    from .registry import list_modules
+    from ..nn.backbone import Backbone
+    from ..nn.registry import list_modules
 
     rows = []
     for e in list_modules():
@@ -37,14 +38,14 @@ def _cmd_list(_: argparse.Namespace) -> int:
         "scaled by width like Conv (cls(c1, c2, *args[1:])), +n = takes the row's repeats; backbone = outputs a "
         "feature list (pick with Feature rows); feature = picks one backbone feature"
     )
-    from .names import models_help
+    from ..integration.names import models_help
 
     print("\n" + models_help())
     return 0
 
 
 def _cmd_swap(ns: argparse.Namespace) -> int:
-    from .swap import swap
+    from ..integration.swap import swap
 
     out = swap(ns.stock, ns.backbone, ns.output, ns.force)
     print(out if ns.output == "-" else f"wrote {out}")
@@ -59,8 +60,8 @@ def _cmd_shapes(ns: argparse.Namespace) -> int:
 
 
 def _cmd_weights(ns: argparse.Namespace) -> int:
-    from .backbone import backbone_families
-    from .weights import CHECKPOINTS, find_checkpoint, resolve_weights, weights_dir
+    from ..nn.backbone import backbone_families
+    from ..weights.hub import CHECKPOINTS, find_checkpoint, resolve_weights, weights_dir
 
     folder = weights_dir()
     if not ns.backbone:
@@ -160,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     import yolo_plugins  # noqa: F401  registers the plugin modules
 
+    if argv[:1] in (["--version"], ["-V"]):
+        import torch
+        import ultralytics
+
+        print(
+            f"yolo-plugins {yolo_plugins.__version__} (ultralytics {ultralytics.__version__}, "
+            f"torch {torch.__version__}, supported ultralytics {SUPPORTED_ULTRALYTICS})"
+        )
+        return 0
     if argv and argv[0] in OWN_COMMANDS:
         p = argparse.ArgumentParser(prog="yolo-plugins", description="YOLO plugin modules for Ultralytics")
         sub = p.add_subparsers(dest="cmd", required=True)

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from .errors import PluginError
-from .patch import RowRecord, recording
+from ..errors import PluginError
+from ..integration.patch import RowRecord, recording
 
 __all__ = ["LayerShape", "build_model", "model_shapes", "format_shapes", "parse_imgsz"]
 

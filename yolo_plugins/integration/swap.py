@@ -1,7 +1,7 @@
 """``yolo-plugins swap``: write a stock model with a plugin backbone as a commented YAML file to edit.
 
-The YAML is what the derived name would build (:mod:`yolo_plugins.derive`); the file is the user's to change (scale
--> variant map, feature rows, neck). An existing file is never overwritten unless asked.
+The YAML is what the derived name would build (:mod:`yolo_plugins.integration.derive`); the file is the user's to
+change (scale -> variant map, feature rows, neck). An existing file is never overwritten unless asked.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import PluginError
+from ..errors import PluginError
 
 __all__ = ["swap"]
 
@@ -27,7 +27,7 @@ def swap(stock: str | os.PathLike, backbone: str, output: str | os.PathLike | No
     Returns:
         The path written, or the YAML text when ``output == "-"``.
     """
-    from . import __version__
+    from .._version import __version__
     from .compat import tasks, ultralytics_version
     from .derive import derive, parse_backbone, to_yaml
 

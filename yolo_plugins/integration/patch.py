@@ -2,15 +2,15 @@
 
 :func:`_hooks` lists them; each replaces one Ultralytics object and keeps the original:
 
-* ``tasks.parse_model``: module names checked, plugin rows resolved (:mod:`yolo_plugins.parser`);
-  the registered modules' names placed in ``tasks``' namespace (:class:`~yolo_plugins.parser.ModuleNames`).
+* ``tasks.parse_model``: module names checked, plugin rows resolved (:mod:`yolo_plugins.integration.parser`);
+  the registered modules' names placed in ``tasks``' namespace (:class:`~yolo_plugins.integration.parser.ModuleNames`).
 * ``tasks.initialize_weights``: stock layers as before; plugin modules keep their own BatchNorm ``eps``/``momentum``
   (Ultralytics sets 1e-3/0.03, which would break official checkpoints) and activation settings.
-* ``BaseModel.fuse``: also re-parameterises every :class:`~yolo_plugins.layers.Fusable` plugin module.
+* ``BaseModel.fuse``: also re-parameterises every :class:`~yolo_plugins.nn.layers.Fusable` plugin module.
 * ``checks.check_file``: a model name Ultralytics does not find is looked up among the shipped and derivable plugin
-  models (:mod:`yolo_plugins.names`).
+  models (:mod:`yolo_plugins.integration.names`).
 * ``BaseTrainer.build_optimizer``: parameters of plugin modules with an ``lr_scale`` get that multiple of the learning
-  rate (:mod:`yolo_plugins.optim`).
+  rate (:mod:`yolo_plugins.integration.optim`).
 * ``_SafeLoad`` (optional, releases with restricted loading): plugin classes join the allow-list while registered.
 
 ``register()`` first checks every internal these rely on; if one is missing it raises one
@@ -34,20 +34,22 @@ from typing import Any
 
 import torch.nn as nn
 
+from .._legacy import aliases
+from ..errors import IncompatibleUltralyticsError, PluginError
+from ..nn.backbone import Backbone
+from ..nn.registry import REGISTRY, Entry, subscribe, unsubscribe
 from . import names, parser
-from .optim import TrainerHook
 from .compat import (
     SUPPORTED_ULTRALYTICS,
     in_supported_range,
     tasks,
     ultralytics_version,
 )
-from .errors import IncompatibleUltralyticsError, PluginError
-from .registry import REGISTRY, Entry, subscribe, unsubscribe
+from .optim import TrainerHook
 
 __all__ = ["register", "unregister", "is_registered", "RowRecord", "recording"]
 
-RowRecord, recording = parser.RowRecord, parser.recording  # re-exported: yolo_plugins.patch.recording
+RowRecord, recording = parser.RowRecord, parser.recording  # re-exported: yolo_plugins.integration.patch.recording
 _LOCK = threading.RLock()
 _ACTIVE: list[Any] = []  # installed hooks, in installation order
 
@@ -150,7 +152,7 @@ def _make_initialize_weights(original: Callable) -> Callable:
 def _make_fuse(original: Callable) -> Callable:
     def fuse(self, *args, **kwargs):
         """BaseModel.fuse, plus ``fuse()`` of every plugin Fusable (children before parents)."""
-        from .layers import Fusable
+        from ..nn.layers import Fusable
 
         for m in reversed(list(self.modules())):
             if isinstance(m, Fusable):
@@ -171,7 +173,7 @@ def _safe_globals(import_packages: bool = False) -> dict[str, type]:
     with ``import_packages``, after importing the package where it is installed."""
     out = {}
     packages, package_data = set(), set()
-    for mod_name in {e.cls.__module__ for e in REGISTRY.values()} | {"yolo_plugins.backbone"}:
+    for mod_name in {e.cls.__module__ for e in REGISTRY.values()} | {Backbone.__module__}:
         mod = sys.modules.get(mod_name)
         if mod is None:
             continue
@@ -180,7 +182,8 @@ def _safe_globals(import_packages: bool = False) -> dict[str, type]:
         package_data.update(getattr(mod, "__safe_package_data__", ()))
         for obj in vars(mod).values():
             if isinstance(obj, type) and obj.__module__ == mod_name and (issubclass(obj, nn.Module) or obj in extra):
-                out[f"{mod_name}.{obj.__qualname__}"] = obj
+                for name in (mod_name, *aliases(mod_name)):  # 0.1.0 checkpoints name the old module paths
+                    out[f"{name}.{obj.__qualname__}"] = obj
     for package in sorted(packages):
         if import_packages and package not in sys.modules and importlib.util.find_spec(package) is not None:
             importlib.import_module(package)

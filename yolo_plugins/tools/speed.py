@@ -52,7 +52,7 @@ __all__ = [
 DEFAULT_BACKBONES = ("transnext_micro", "transxnet_t", "repvit_m0_9")
 DEFAULT_MODELS = ("yolov8s.yaml", "yolov8s-transnext.yaml", "yolov8s-transxnet.yaml", "yolov8s-repvit.yaml")
 ORACLE_MAX_SIZE = {"transnext": 320}  # its naive oracle materialises per-pair tables (~20 GB at 640)
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[2]  # the checkout (tests/oracles for --oracle)
 
 
 @dataclass
@@ -108,7 +108,7 @@ class Result:
 
 def stock_twin(name: str) -> str | None:
     """The stock model a derived plugin model replaces the backbone of: ``yolov8s-repvit.yaml`` -> ``yolov8s.yaml``."""
-    from .names import split_derived
+    from ..integration.names import split_derived
 
     try:
         parsed = split_derived(Path(name).name)
@@ -165,7 +165,7 @@ def _build_step(spec: Spec, res: Result):
     fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
     torch.manual_seed(0)
     if spec.kind == "backbone":
-        from yolo_plugins.backbone import create_backbone
+        from yolo_plugins import create_backbone  # public API: also in checkouts of other commits (--against)
 
         model = create_backbone(spec.name)
     else:
@@ -513,8 +513,8 @@ def size_table(names: list[str], imgsz: int = 640) -> str:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .backbone import create_backbone
-    from .layers import Fusable
+    from ..nn.backbone import create_backbone
+    from ..nn.layers import Fusable
 
     lines = [f"| backbone | params (M) | fused params (M) | GFLOPs @ {imgsz} |", "|---|---|---|---|"]
     for name in names:

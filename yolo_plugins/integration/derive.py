@@ -27,10 +27,10 @@ from typing import Any
 
 import yaml
 
-from .backbone import Backbone, backbone_families
-from .errors import ModelNameError, PluginError
+from ..errors import ModelNameError, PluginError
+from ..nn.backbone import Backbone, backbone_families
+from ..nn.registry import REGISTRY
 from .parser import recording
-from .registry import REGISTRY
 
 __all__ = ["POST_BLOCKS", "BackboneChoice", "Derived", "parse_backbone", "backbone_strides", "derive", "to_yaml"]
 
@@ -70,7 +70,7 @@ class BackboneChoice:
     def feature_strides(self) -> tuple[int, ...]:
         """Strides of the features the backbone returns (a timm model's are read from timm)."""
         if self.family == "timm":
-            from .timm_backbone import timm_feature_info
+            from ..nn.timm_backbone import timm_feature_info
 
             return tuple(timm_feature_info(self.variant)[1])
         return tuple(self.cls.feature_strides)

@@ -17,7 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from ..paths import cache_dir
 
 __all__ = ["Checkpoint", "CHECKPOINTS", "weights_dir", "find_checkpoint", "resolve_weights", "download"]
 
@@ -87,8 +88,6 @@ def weights_dir() -> Path:
     env = os.environ.get("YOLO_PLUGINS_WEIGHTS_DIR")
     if env:
         return Path(env).expanduser()
-    from .names import cache_dir
-
     return cache_dir() / "weights"
 
 
@@ -155,7 +154,7 @@ def download(c: Checkpoint, folder: str | os.PathLike, progress: bool = True) ->
     try:
         with os.fdopen(fd, "wb") as out:
             _fetch(c, out, progress)
-        from .checkpoint import read_state_dict
+        from .loading import read_state_dict
 
         try:
             read_state_dict(tmp)

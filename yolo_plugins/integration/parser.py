@@ -1,6 +1,6 @@
 """The parser hook: plugin rows in Ultralytics' ``parse_model`` without copying it.
 
-Two pieces, installed and removed together by :mod:`yolo_plugins.patch`:
+Two pieces, installed and removed together by :mod:`yolo_plugins.integration.patch`:
 
 1. **Names.** :class:`ModuleNames` places each registered module in ``ultralytics.nn.tasks``' namespace under its
    YAML name as a small builder class, so ``parse_model``'s own ``globals()[name]`` lookup finds it. It subscribes to
@@ -12,7 +12,7 @@ Two pieces, installed and removed together by :mod:`yolo_plugins.patch`:
    parse_model asks for row ``i``, the stream reads parse_model's channel list ``ch`` and scales from its frame,
    corrects the output channels recorded for row ``i - 1`` if that was a plugin row (parse_model records ``c2 = c1``
    for every module it does not know), and resolves row ``i`` when it is a plugin row: ``c1`` from ``ch``, arguments
-   by the module's channel rule (:mod:`yolo_plugins.registry`), the module built with row-aware errors. The builder
+   by the module's channel rule (:mod:`yolo_plugins.nn.registry`), the module built with row-aware errors. The builder
    class then hands parse_model the prebuilt module. Stock rows pass through untouched.
 """
 
@@ -30,14 +30,14 @@ from typing import Any
 
 import torch.nn as nn
 
-from .compat import tasks, ultralytics_version
-from .errors import (
+from ..errors import (
     IncompatibleUltralyticsError,
     PluginError,
     UnknownModuleError,
     YAMLError,
 )
-from .registry import REGISTRY, Entry
+from ..nn.registry import REGISTRY, Entry
+from .compat import tasks, ultralytics_version
 
 __all__ = [
     "PARSE_MODEL_LOCALS",
@@ -393,7 +393,7 @@ class _Stream:
     @staticmethod
     def _construct(label: str, entry: Entry, call: list, kwargs: dict) -> nn.Module:
         kwargs = dict(kwargs)
-        lr_scale = kwargs.pop("lr_scale", None)  # any plugin row: its learning-rate multiple (yolo_plugins.optim)
+        lr_scale = kwargs.pop("lr_scale", None)  # any plugin row: its learning-rate multiple (integration.optim)
         if lr_scale is not None and not (isinstance(lr_scale, (int, float)) and lr_scale >= 0):
             raise YAMLError(
                 f"{label}: lr_scale must be a number >= 0 (a multiple of the learning rate), got {lr_scale!r}"

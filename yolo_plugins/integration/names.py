@@ -7,7 +7,7 @@ picks the scale, as for stock names):
 2. a stock Ultralytics YAML (``yolo11s.yaml``);
 3. a YAML shipped with yolo-plugins (:func:`shipped_dir`; ``yolov8s-transnext.yaml`` -> ``yolov8-transnext.yaml``);
 4. a derived name ``<stock name>-<family>[_<variant>].yaml``: the stock YAML of the installed Ultralytics with its
-   backbone swapped (:mod:`yolo_plugins.derive`), written to :func:`cache_dir` and read from there.
+   backbone swapped (:mod:`yolo_plugins.integration.derive`), written to :func:`cache_dir` and read from there.
 
 The patch installs :func:`make_check_file` over Ultralytics' ``check_file``, which every YAML lookup goes through
 (``YOLO(...)``, ``yolo train model=...``, ``yaml_model_load``); it only acts on names Ultralytics did not find. A
@@ -24,8 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelNameError, PluginError
+from ..paths import cache_dir, shipped_dir
 from .compat import ultralytics_version
-from .errors import ModelNameError, PluginError
 
 __all__ = [
     "shipped_dir",
@@ -33,7 +34,6 @@ __all__ = [
     "cache_dir",
     "split_derived",
     "find_plugin_model",
-    "resolve_model",
     "make_check_file",
     "models_help",
 ]
@@ -45,30 +45,16 @@ def _unify(name: str) -> str:
     return _SCALED.sub(r"\1\3", name)
 
 
-def shipped_dir() -> Path:
-    """The folder of the shipped YAMLs, inside the package (``model_yamls/`` of a checkout links to it)."""
-    return Path(__file__).resolve().parent / "model_yamls"
-
-
 def shipped_models() -> list[str]:
     """Names of the shipped YAMLs (without scale letter), e.g. ``['yolo11-ca.yaml', ...]``."""
     d = shipped_dir()
     return sorted(p.name for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
-def cache_dir() -> Path:
-    """Where derived YAMLs are written: ``$YOLO_PLUGINS_CACHE_DIR``, else ``$XDG_CACHE_HOME/yolo-plugins`` (default
-    ``~/.cache/yolo-plugins``)."""
-    env = os.environ.get("YOLO_PLUGINS_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "yolo-plugins"
-
-
 def split_derived(name: str) -> tuple[str, str] | None:
     """``"yolo11n-seg-repvit_m1_5.yaml"`` -> ``("yolo11n-seg.yaml", "repvit_m1_5")``; None if no part after a ``-``
     names a backbone family. The family part must be the last one."""
-    from .backbone import backbone_families
+    from ..nn.backbone import backbone_families
 
     p = Path(name)
     if p.suffix not in (".yaml", ".yml"):
@@ -111,7 +97,7 @@ _DERIVED: dict[tuple, Path] = {}  # (stock path, mtime, backbone token, cache) -
 
 
 def _derive_file(stock_path: str, token: str) -> Path:
-    from . import __version__
+    from .._version import __version__
     from .compat import load_yaml
     from .derive import derive, parse_backbone, to_yaml
 
@@ -151,7 +137,7 @@ def find_plugin_model(name: str, find_stock: Callable[[str], Any], strict: bool 
         split = split_derived(name)
         if split is None:
             if strict and looks_like_model(name):
-                raise ModelNameError(_not_found(name))
+                raise ModelNameError(not_found(name))
             return None
         stock, token = split
         stock_path = next((p for p in (find_stock(stock), find_stock(_unify(stock))) if p), None)
@@ -173,7 +159,7 @@ def find_plugin_model(name: str, find_stock: Callable[[str], Any], strict: bool 
 
 def looks_like_model(name: str) -> bool:
     """Whether a missing file name is meant as a model (``yolo...``/``rtdetr...``, or a part close to a family)."""
-    from .backbone import backbone_families
+    from ..nn.backbone import backbone_families
 
     stem = Path(name).stem.lower()
     if stem.startswith(("yolo", "rtdetr")):
@@ -185,7 +171,7 @@ def looks_like_model(name: str) -> bool:
 
 def models_help() -> str:
     """What model names exist: the shipped YAMLs and the derived-name rule."""
-    from .backbone import backbone_families
+    from ..nn.backbone import backbone_families
 
     fams = ", ".join(sorted(backbone_families()))
     return (
@@ -195,7 +181,7 @@ def models_help() -> str:
     )
 
 
-def _not_found(name: str) -> str:
+def not_found(name: str) -> str:
     close = difflib.get_close_matches(_unify(name), shipped_models(), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return (
@@ -234,20 +220,3 @@ def make_check_file(original: Callable) -> Callable:
     check_file.__wrapped__ = original
     check_file.__doc__ = original.__doc__
     return check_file
-
-
-def resolve_model(name: str) -> str:
-    """A model argument Ultralytics can build: an existing file (absolute path), or a stock, shipped or derived name
-    (returned as given; Ultralytics resolves it). Raises :class:`ModelNameError` listing what exists."""
-    p = Path(name).expanduser()
-    if p.is_file():
-        return str(p.resolve())
-    from . import patch
-    from .compat import tasks
-
-    patch.register()
-    try:
-        tasks().yaml_model_load(name)
-    except FileNotFoundError as e:
-        raise ModelNameError(str(e) if isinstance(e, ModelNameError) else _not_found(name)) from None
-    return name

@@ -21,9 +21,27 @@ from typing import Any
 
 import torch
 
-from .names import resolve_model
+from ..errors import ModelNameError
+from ..integration.names import not_found
 
 __all__ = ["BenchmarkConfig", "DEFAULT_MODELS", "NO_AUGMENTATION", "resolve_model", "run_benchmark", "summarise"]
+
+
+def resolve_model(name: str) -> str:
+    """A model argument Ultralytics can build: an existing file (absolute path), or a stock, shipped or derived name
+    (returned as given; Ultralytics resolves it). Raises :class:`ModelNameError` listing what exists."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return str(p.resolve())
+    from ..integration import patch
+    from ..integration.compat import tasks
+
+    patch.register()
+    try:
+        tasks().yaml_model_load(name)
+    except FileNotFoundError as e:
+        raise ModelNameError(str(e) if isinstance(e, ModelNameError) else not_found(name)) from None
+    return name
 
 # the default run: the stock baseline, the convolutional and the attention plugin backbone that learn from scratch in
 # a CPU budget of 20 minutes (TransNeXt needs more data or pretrained weights: see the README)
@@ -160,9 +178,9 @@ def _with_weights(model: str, cfg: BenchmarkConfig) -> tuple[str, str]:
         return model, label
     import yaml
 
-    from .backbone import Backbone
-    from .compat import tasks
-    from .registry import REGISTRY
+    from ..integration.compat import tasks
+    from ..nn.backbone import Backbone
+    from ..nn.registry import REGISTRY
 
     d = tasks().yaml_model_load(resolve_model(model))
     rows = d["backbone"] + d["head"]

@@ -2,7 +2,7 @@
 
 timm (https://github.com/huggingface/pytorch-image-models, Apache-2.0) describes the features of each model in
 ``feature_info`` (channels and reduction of every output). The ``Timm`` row turns that record into this package's
-:class:`~yolo_plugins.backbone.FeatureInfo`, so ``Feature`` rows and the neck get their channels exactly as with the
+:class:`~yolo_plugins.nn.backbone.FeatureInfo`, so ``Feature`` rows and the neck get their channels exactly as with the
 built-in families. By default the features at strides 4, 8, 16 and 32 are returned (a stride-2 stem output, as in
 ResNets and MobileNets, is computed but not returned); single-stride models (plain ViTs) are refused with the reason.
 
@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, PluginError
 from .backbone import Backbone, FeatureInfo
-from .errors import CheckpointError, PluginError
 from .layers import Fusable
 from .registry import register_module
 

@@ -10,15 +10,15 @@ Contract (in the spirit of mmengine's Registry):
   ``"scaled"``    ``args[0]`` is the output channel count, scaled like Ultralytics' Conv/C2f rows
                   (``make_divisible(min(c2, max_channels) * width, 8)``); built as ``cls(c1, c2, *args[1:])``.
                   With ``repeat=True`` the row's (depth-scaled) ``n`` becomes the third argument, as for C2f.
-  ``"backbone"``  a :class:`~yolo_plugins.backbone.Backbone`: built as ``cls(*args)``, outputs a list of features
+  ``"backbone"``  a :class:`~yolo_plugins.nn.backbone.Backbone`: built as ``cls(*args)``, outputs a list of features
                   whose channels come from its ``feature_info``; following ``Feature`` rows pick from it.
-  ``"feature"``   picks one feature of a backbone row (only :class:`~yolo_plugins.backbone.Feature`).
+  ``"feature"``   picks one feature of a backbone row (only :class:`~yolo_plugins.nn.backbone.Feature`).
 
 * A trailing mapping in a row's args is passed as keyword arguments. For backbones, a mapping as the *first* argument
   maps the YAML's scale to a variant, e.g. ``[{n: m0_9, s: m1_1}]``.
 
-This module knows nothing of Ultralytics. The patch (:mod:`yolo_plugins.patch`) reads this table and, while it is
-active, subscribes to it (:func:`subscribe`) to make modules registered later nameable too.
+This module knows nothing of Ultralytics. The patch (:mod:`yolo_plugins.integration.patch`) reads this table and,
+while it is active, subscribes to it (:func:`subscribe`) to make modules registered later nameable too.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Protocol
 
 import torch.nn as nn
 
-from .errors import PluginError
+from ..errors import PluginError
 
 __all__ = [
     "RULES",

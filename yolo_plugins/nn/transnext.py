@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import PluginError
 from .backbone import Backbone, FeatureInfo
-from .errors import PluginError
 from .layers import CSPBlock, DropPath, channels_last, drop_path_rates, map_to_tokens, to_2tuple, tokens_to_map
 from .registry import register_module
 
@@ -951,7 +951,7 @@ class TransNeXt(Backbone):
     family = "transnext"
     default_variant = "micro"
     scale_variants: ClassVar[dict[str, str]] = {"n": "micro", "s": "micro", "m": "tiny", "l": "small", "x": "base"}
-    # learning-rate multiple in Ultralytics' trainer (yolo_plugins.optim): from scratch on the embedded data, AdamW at
+    # learning-rate multiple in Ultralytics' trainer (integration.optim): from scratch on the embedded data, AdamW at
     # 0.002 (batch 4) leaves TransNeXt on a loss plateau; a quarter of it learns (README, "Why TransNeXt ...")
     lr_scale: ClassVar[float] = 0.25
     variants: ClassVar[dict[str, dict[str, Any]]] = {

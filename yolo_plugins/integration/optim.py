@@ -18,10 +18,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-try:  # installed: the autoload module lives at top level (the .pth file imports it at interpreter start)
-    from _yolo_plugins_autoload import AfterImport
+try:  # installed: the import hook lives at top level (one finder class shared with the autoload hook)
+    from _yolo_plugins_importhook import AfterImport
 except ImportError:  # a source checkout on sys.path
-    from ._autoload import AfterImport
+    from .importhook import AfterImport
 
 __all__ = ["lr_scales", "split_param_groups", "make_build_optimizer", "TrainerHook"]
 
@@ -79,7 +79,7 @@ def make_build_optimizer(original: Callable) -> Callable:
 
 
 class TrainerHook:
-    """The ``BaseTrainer.build_optimizer`` replacement as a hook of :mod:`yolo_plugins.patch`.
+    """The ``BaseTrainer.build_optimizer`` replacement as a hook of :mod:`yolo_plugins.integration.patch`.
 
     Installed at once when ``ultralytics.engine.trainer`` is loaded, right after it loads when it is not yet (the
     plugin never imports it early: on some releases that import fails while ``nn.tasks`` is loading), and, when the

@@ -12,34 +12,10 @@ import sys
 _TARGET = "ultralytics.nn.tasks"
 
 
-class AfterImport:
-    """Meta-path finder: lets module ``name`` load as usual, then calls ``callback()`` (once). Imports nothing
-    itself; :mod:`yolo_plugins.optim` uses it too."""
-
-    def __init__(self, name, callback):
-        self.name, self.callback = name, callback
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.name:
-            return None
-        import importlib.machinery
-
-        self.remove()
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_then_call(module):
-            exec_module(module)
-            self.callback()
-
-        spec.loader.exec_module = exec_then_call
-        return spec
-
-    def remove(self):
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
+try:  # installed: the import hook is a top-level module beside this file (importing the package would import torch)
+    from _yolo_plugins_importhook import AfterImport
+except ImportError:  # this file as part of the package (a source checkout)
+    from .importhook import AfterImport
 
 
 _WARNED = []
@@ -51,7 +27,7 @@ def _register() -> None:
     try:
         import yolo_plugins  # noqa: F401  registers on import
     except Exception as e:  # noqa: BLE001 - never break Ultralytics because of the plugin
-        patch = sys.modules.get("yolo_plugins.patch")
+        patch = sys.modules.get("yolo_plugins.integration.patch")
         if patch is not None and patch.is_registered():  # registered but failed afterwards: take it all back
             patch.unregister()
         if not _WARNED:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from .errors import PluginError
+from ..errors import PluginError
 from .registry import register_module
 
 __all__ = ["FeatureInfo", "Backbone", "Feature", "create_backbone", "list_backbones", "backbone_families"]
@@ -46,7 +46,7 @@ class Backbone(nn.Module):
     scale_variants: ClassVar[dict[str, str]] = {}
     feature_strides: ClassVar[tuple[int, ...]] = (4, 8, 16, 32)  # strides of the returned features (all variants)
     variants_help: ClassVar[str] = ""  # what `yolo-plugins list` says of a family without a fixed variant table
-    lr_scale: ClassVar[float] = 1.0  # multiple of the trainer's learning rate for this backbone (yolo_plugins.optim)
+    lr_scale: ClassVar[float] = 1.0  # multiple of the trainer's learning rate for this backbone (integration.optim)
 
     def __init__(self, variant: str | None = None):
         super().__init__()
@@ -94,9 +94,9 @@ class Backbone(nn.Module):
     def load_weights(self, path: str | os.PathLike, strict: bool = True):
         """Load a checkpoint file, or a published one by name (``imagenet``, a tag, an official file name: found in
         or downloaded once to the weights folder, see :mod:`yolo_plugins.weights`); keys are mapped by
-        :meth:`checkpoint_filter_fn`, see :func:`yolo_plugins.checkpoint.load_pretrained`."""
-        from .checkpoint import load_pretrained
-        from .weights import resolve_weights
+        :meth:`checkpoint_filter_fn`, see :func:`yolo_plugins.weights.loading.load_pretrained`."""
+        from ..weights.hub import resolve_weights
+        from ..weights.loading import load_pretrained
 
         file = resolve_weights(self.family, self.variant, path)
         return load_pretrained(self, file, self.checkpoint_filter_fn, strict=strict, name=self.name)

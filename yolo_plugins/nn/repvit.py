@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, PluginError
 from .backbone import Backbone, FeatureInfo
-from .errors import CheckpointError, PluginError
 from .layers import CSPBlock, DropPath, Fusable, channels_last, drop_path_rates, fuse_conv_bn
 from .registry import register_module
 

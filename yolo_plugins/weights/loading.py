@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = ["read_state_dict", "load_pretrained", "LoadReport"]
 

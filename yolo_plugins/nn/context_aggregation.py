@@ -20,7 +20,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from .errors import PluginError
+from ..errors import PluginError
 from .registry import register_module
 
 __all__ = ["ContextAggregation"]
