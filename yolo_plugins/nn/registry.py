@@ -6,13 +6,13 @@ Contract (in the spirit of mmengine's Registry):
   its class name (or ``name=``). A duplicate name is an error naming the existing entry unless ``force=True``.
 * A module declares how a YAML row's channels work, one of :data:`RULES`:
 
-  ``"same"``      channel-preserving: built as ``cls(c1, *args)``; output channels ``c2 = c1``.
-  ``"scaled"``    ``args[0]`` is the output channel count, scaled like Ultralytics' Conv/C2f rows
-                  (``make_divisible(min(c2, max_channels) * width, 8)``); built as ``cls(c1, c2, *args[1:])``.
-                  With ``repeat=True`` the row's (depth-scaled) ``n`` becomes the third argument, as for C2f.
-  ``"backbone"``  a :class:`~yolo_plugins.nn.backbone.Backbone`: built as ``cls(*args)``, outputs a list of features
-                  whose channels come from its ``feature_info``; following ``Feature`` rows pick from it.
-  ``"feature"``   picks one feature of a backbone row (only :class:`~yolo_plugins.nn.backbone.Feature`).
+  - ``"same"``: channel-preserving: built as ``cls(c1, *args)``; output channels ``c2 = c1``.
+  - ``"scaled"``: ``args[0]`` is the output channel count, scaled like Ultralytics' Conv/C2f rows
+    (``make_divisible(min(c2, max_channels) * width, 8)``); built as ``cls(c1, c2, *args[1:])``.
+    With ``repeat=True`` the row's (depth-scaled) ``n`` becomes the third argument, as for C2f.
+  - ``"backbone"``: a :class:`~yolo_plugins.nn.backbone.Backbone`: built as ``cls(*args)``, outputs a list of
+    features whose channels come from its ``feature_info``; following ``Feature`` rows pick from it.
+  - ``"feature"``: picks one feature of a backbone row (only :class:`~yolo_plugins.nn.backbone.Feature`).
 
 * A trailing mapping in a row's args is passed as keyword arguments. For backbones, a mapping as the *first* argument
   maps the YAML's scale to a variant, e.g. ``[{n: m0_9, s: m1_1}]``.
