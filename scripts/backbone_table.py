@@ -1,4 +1,4 @@
-"""Backbone-only parameter counts and GFLOPs of every plugin backbone variant (the README's size table).
+"""Backbone-only parameter counts and GFLOPs of every plugin backbone variant (docs/backbones.md's size table).
 
 python scripts/backbone_table.py [--imgsz 640] [--models repvit_m0_9 ...]
 """

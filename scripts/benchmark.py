@@ -1,6 +1,6 @@
 """Train, validate and time baselines against plugin models (same code as `yolo-plugins benchmark`).
 
-python scripts/benchmark.py                                   # the README's default CPU run
+python scripts/benchmark.py                                   # the default CPU run (docs/benchmark.md)
 python scripts/benchmark.py --data VOC.yaml --imgsz 640 --epochs 100 --models yolov8s.yaml yolov8s-repvit.yaml
 """
 

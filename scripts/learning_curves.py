@@ -1,7 +1,7 @@
 """Training curves of models through Ultralytics' trainer under the benchmark's settings, with variations: dataset
 size, augmentation on/off, any train argument. Prints the per-epoch training losses of every run side by side.
 
-This is the tool behind the README's answer to "why does TransNeXt's loss stay flat on the embedded data":
+This is the tool behind docs/benchmark.md's answer to "why does TransNeXt's loss stay flat on the embedded data":
 
     python scripts/learning_curves.py --models yolov8n.yaml yolov8n-transnext.yaml --epochs 6 \
         --variants base noaug "n_train=16 noaug epochs=60"

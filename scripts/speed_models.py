@@ -1,4 +1,4 @@
-"""Whole-model speed: plugin models against their stock twins, interleaved in one run (the README's speed tables).
+"""Whole-model speed: plugin models against their stock twins, interleaved in one run (docs/speed.md's tables).
 
     python scripts/speed_models.py                        # YOLOv8s and its TransNeXt/TransXNet/RepViT twins, 2 threads:
                                                           # inference 640 px batch 1 (eager and ONNX Runtime) and

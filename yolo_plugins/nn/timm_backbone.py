@@ -118,7 +118,7 @@ class Timm(Backbone, Fusable):
         variant: The timm model name, optionally with a pretrained tag (``convnext_tiny``, ``resnet18.a1_in1k``).
         weights: A local checkpoint file for the model, loaded by timm's own mechanism (the same as
             ``pretrained_file``), or ``imagenet`` for timm's default pretrained weights (``pretrained=True``).
-        pretrained: Download the pretrained weights through timm (needs the network once; see the README).
+        pretrained: Download the pretrained weights through timm (needs the network once; see docs/timm.md).
         pretrained_file: A local file of those weights (timm's ``pretrained_cfg_overlay=dict(file=...)``).
         out_indices: Which of timm's features to return, instead of the stride 4/8/16/32 ones.
         **kwargs: Other ``timm.create_model`` arguments (``drop_path_rate``, ``in_chans``, ...).

@@ -44,7 +44,7 @@ def resolve_model(name: str) -> str:
     return name
 
 # the default run: the stock baseline, the convolutional and the attention plugin backbone that learn from scratch in
-# a CPU budget of 20 minutes (TransNeXt needs more data or pretrained weights: see the README)
+# a CPU budget of 20 minutes (TransNeXt needs more data or pretrained weights: see docs/benchmark.md)
 DEFAULT_MODELS = ("yolov8n.yaml", "yolov8n-repvit.yaml", "yolov8n-transxnet.yaml")
 COLUMNS = (
     "model",
@@ -81,7 +81,7 @@ NO_AUGMENTATION = {
 
 @dataclass
 class BenchmarkConfig:
-    """Settings shared by every model of a benchmark run (defaults: the README's CPU run on the embedded data)."""
+    """Settings shared by every model of a benchmark run (defaults: the default CPU run on the embedded data)."""
 
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     data: str | None = None  # an Ultralytics data YAML; None = the embedded dataset
