@@ -5,10 +5,10 @@ Ultralytics builds one optimizer with the same learning rate for every parameter
 decay, norm weights, biases). Attention backbones trained from scratch want less: on the embedded data, TransNeXt at
 the AdamW rate that suits YOLOv8n (0.002, batch 4) stalls at a loss plateau, while at a quarter of it it learns (the
 measurements are in docs/benchmark.md). A module declares ``lr_scale`` (a class attribute; a YAML row may override
-it with ``{lr_scale: ...}``); :func:`make_build_optimizer` wraps ``BaseTrainer.build_optimizer`` to move the parameters of such
-modules into groups of their own at ``lr * lr_scale``, keeping every other setting of the group they came from. The
-scheduler and warm-up then scale each group from its own initial rate. Models without such modules get Ultralytics'
-optimizer unchanged.
+it with ``{lr_scale: ...}``); :func:`make_build_optimizer` wraps ``BaseTrainer.build_optimizer`` to move the
+parameters of such modules into groups of their own at ``lr * lr_scale``, keeping every other setting of the group
+they came from. The scheduler and warm-up then scale each group from its own initial rate. Models without such
+modules get Ultralytics' optimizer unchanged.
 """
 
 from __future__ import annotations
