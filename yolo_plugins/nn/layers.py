@@ -117,8 +117,7 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    fused.weight.requires_grad_(conv.weight.requires_grad)
-    return fused
+    return fused.requires_grad_(conv.weight.requires_grad)  # frozen stays frozen (exporters switch gradients off)
 
 
 class CSPBlock(nn.Module):
