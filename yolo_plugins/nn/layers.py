@@ -37,7 +37,13 @@ class Fusable:
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) in channels-last memory (a no-op if it already is): the backbones run their convs in this layout,
-    where oneDNN's depthwise and large-kernel convs are several times faster than in NCHW and token views are free."""
+    where oneDNN's depthwise and large-kernel convs are several times faster than in NCHW and token views are free.
+
+    Under ``torch.export`` (ExecuTorch, LiteRT) the layout is left as it is: there a memory format becomes a tensor's
+    "dim order", and ExecuTorch's kernels refuse to concatenate or split tensors of different dim orders (the
+    channels-last backbone features meet the neck's contiguous ones); the values are the same either way."""
+    if torch.compiler.is_exporting():
+        return x
     return x.contiguous(memory_format=torch.channels_last)
 
 

@@ -70,6 +70,15 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
+def _affine(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``b + x * w`` (per-channel scale and shift): one ``addcmul`` kernel in eager runs; two elementwise ops in
+    exported graphs (pnnx, hence NCNN, has no ``addcmul`` and wrote an unloadable ``model_pnnx.py``: the NCNN export
+    failed). The same rounding: the product is rounded, then the sum."""
+    if _exporting():
+        return x * w + b
+    return torch.addcmul(b, x, w)
+
+
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference BatchNorm as a per-channel (scale, shift)."""
     scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
@@ -105,7 +114,7 @@ def _dw_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return _dwconv(conv, x) + x
     k = conv.kernel_size[0]
     if k == 1:
-        return torch.addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1) + 1)
+        return _affine(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1) + 1)
     eye = torch.zeros_like(conv.weight[:1, :1])
     eye[..., k // 2, k // 2] = 1
     return F.conv2d(x, conv.weight + eye, conv.bias, 1, k // 2, groups=conv.groups)
@@ -519,7 +528,7 @@ class MultiScaleDWConv(nn.Module):
 def _dwconv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A depthwise conv; the 1x1 one as a per-channel affine (PyTorch runs grouped 1x1 convs group by group)."""
     if conv.kernel_size == (1, 1):
-        return torch.addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1))
+        return _affine(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1))
     return conv(x)
 
 
@@ -568,7 +577,7 @@ class LayerScale(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias.reshape(1, -1, 1, 1), x, self.weight.reshape(1, -1, 1, 1))
+        return _affine(self.bias.reshape(1, -1, 1, 1), x, self.weight.reshape(1, -1, 1, 1))
 
 
 @register_module(channels="same")
