@@ -250,3 +250,34 @@ def test_export_matrix(name, key, matrix_dir, calibration_data):
     assert row.size_mb > 0.1
     if case.runs:
         assert row.detections is not None and row.latency_ms > 0
+
+
+# ------------------------------------------------------------------------------------ graphs the converters read
+def test_transxnet_traced_graph_fits_ncnn():
+    """TransXNet's traced graph (what pnnx converts for NCNN) has no ``addcmul`` (pnnx has none), no 5-d
+    ``unflatten`` (NCNN has none), calls the stage output norms as functions (pnnx crashed on the unused stride-4
+    GroupNorm module of a YOLO neck), and computes what the eager model computes."""
+    from yolo_plugins import create_backbone
+
+    torch.manual_seed(0)
+    m = create_backbone("transxnet_t").eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+        p.add_(torch.randn_like(p) * 0.05)  # layer scales and position tables off their zero-ish init
+    x = torch.rand(1, 3, 64, 96)
+
+    class LastThree(torch.nn.Module):  # a neck's use: the stride-4 output unused
+        def __init__(self, b):
+            super().__init__()
+            self.b = b
+
+        def forward(self, t):
+            return tuple(self.b(t)[1:])
+
+    traced = torch.jit.trace(LastThree(m), x, check_trace=False)
+    graph = str(traced.inlined_graph)
+    assert "aten::addcmul" not in graph and "aten::unflatten" not in graph
+    assert "GroupNorm" not in str(traced.graph)  # no module call left for a norm
+    with torch.no_grad():
+        for a, b in zip(traced(x), m(x)[1:]):
+            assert (a - b).abs().max() <= 1e-4 * b.abs().max()

@@ -293,19 +293,22 @@ class OSRA(nn.Module):
         B, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
         kv = _dw_plus_identity(self.local_conv, self.sr(x))  # LR(kv) + kv
-        # heads as views of the (channels-last) maps: (B, h, N, d) queries, (B, h, M, d) keys and values
-        q = map_to_tokens(self.q(x)).unflatten(2, (h, d)).transpose(1, 2)
-        k, v = map_to_tokens(self.kv(kv)).unflatten(2, (2, h, d)).permute(2, 0, 3, 1, 4)
+        if _exporting():  # the same heads from 4-d reshapes of the NCHW maps (NCNN has no 5-d unflatten)
+            q = self.q(x).reshape(B, h, d, H * W).transpose(-2, -1)
+            k, v = (t.reshape(B, h, d, -1).transpose(-2, -1) for t in self.kv(kv).chunk(2, dim=1))
+        else:  # heads as views of the (channels-last) maps: (B, h, N, d) queries, (B, h, M, d) keys and values
+            q = map_to_tokens(self.q(x)).unflatten(2, (h, d)).transpose(1, 2)
+            k, v = map_to_tokens(self.kv(kv)).unflatten(2, (2, h, d)).permute(2, 0, 3, 1, 4)
         N, M = q.shape[-2], k.shape[-2]
         bias = None
         if relative_pos_enc is not None:
             bias = relative_pos_enc(N, M) if callable(relative_pos_enc) else resize_pos_enc(relative_pos_enc, N, M)
             bias = bias.to(q.dtype)
-        if _exporting():
-            out = self._attend(q, k, v, bias)
-        else:  # PyTorch's fused attention: scale, bias, softmax and the value product in one cache-blocked kernel
-            p = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
+        if _exporting():  # (B, h, N, d) -> (B, C, H, W) by a 4-d reshape
+            return self._attend(q, k, v, bias).transpose(-2, -1).reshape(B, C, H, W)
+        # PyTorch's fused attention: scale, bias, softmax and the value product in one cache-blocked kernel
+        p = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         return out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last map
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -799,8 +802,17 @@ class TransXNet(Backbone):
             pos = _StagePosEnc(self.relative_pos_enc[i], self._pos_cache, i)
             for blk in self.network[2 * i]:
                 x = blk(x, pos)
-            outs.append(getattr(self, f"norm{2 * i}")(x))
+            outs.append(self._out_norm(getattr(self, f"norm{2 * i}"), x))
         return outs
+
+    @staticmethod
+    def _out_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A stage's output norm. Exported graphs call ``group_norm`` as a function: a YOLO neck leaves the stride-4
+        output unused, and pnnx (NCNN's converter) crashed with a segmentation fault on the unused GroupNorm module
+        call, writing no ``model_pnnx.py``."""
+        if isinstance(norm, nn.GroupNorm) and _exporting():
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        return norm(x)
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Classification logits from the features of a ``num_classes > 0`` model: -> (B, num_classes)."""
