@@ -127,7 +127,7 @@ def test_refusal_depends_on_arguments(refusing_toy):
 
 
 @pytest.mark.compat
-def test_stock_models_untouched(registered, tmp_path):
+def test_stock_models_untouched(registered, tmp_path, monkeypatch):
     """A stock model exports as before: no refusal in any format, and TorchScript gives the same outputs with the hook
     installed as without it."""
     from ultralytics import YOLO
@@ -138,11 +138,12 @@ def test_stock_models_untouched(registered, tmp_path):
     assert all(E.refusals(stock, f) == [] for f in export_formats()["Argument"][1:])
     assert not any(hasattr(m, E.ATTR) for m in stock.modules())
     x = torch.rand(1, 3, 64, 64)
+    monkeypatch.chdir(tmp_path)  # a model built from a YAML exports into the working directory
     outs = []
     for registered_now in (True, False):
         (yolo_plugins.register if registered_now else yolo_plugins.unregister)()
         torch.manual_seed(0)
-        f = YOLO("yolov8n.yaml").export(format="torchscript", imgsz=64, device="cpu", project=str(tmp_path))
+        f = YOLO("yolov8n.yaml").export(format="torchscript", imgsz=64, device="cpu")
         outs.append(torch.jit.load(f)(x))
         Path(f).unlink()
     yolo_plugins.register()
@@ -183,7 +184,7 @@ def test_trained_looking_weights_spread_the_outputs():
 
 def test_markdown_table():
     rows = [
-        M.Row("yolov8n-repvit", (64, 96), "onnx", "ok", 1e-4, 1e-7, 12.3, 4.5, detections=3),
+        M.Row("yolov8n-repvit", (64, 96), "onnx", "ok", 1e-4, 1e-7, size_mb=12.3, latency_ms=4.5, detections=3),
         M.Row("yolov8n-repvit", (64, 96), "ncnn", "refused", note="yolo-plugins cannot export this model to ..."),
     ]
     md = M.format_markdown(rows, header="# t")
@@ -205,7 +206,13 @@ IMGSZ = (64, 96)
 # deployment), the cheap formats on every family
 SLOW = {"openvino-int8", "saved_model", "litert", "executorch", "openvino-fp16", "onnx-simplify", "onnx-dynamic"}
 # known failures, left to the helper that owns the family (the table in docs/deployment.md says the same)
-XFAIL: dict[tuple[str, str], str] = {}
+_TRANSNEXT = "TransNeXt's export path is being reworked (the 'transnext' helper): "
+XFAIL: dict[tuple[str, str], str] = {
+    ("transnext", "openvino"): _TRANSNEXT + "OpenVINO's output differs by ~35 px (ONNX of the same model agrees)",
+    ("transnext", "ncnn"): _TRANSNEXT + "pnnx's trace fails its sanity check",
+    ("transnext", "mnn"): _TRANSNEXT + "MNN's output differs by ~60 px",
+    ("transnext", "coreml"): _TRANSNEXT + "not converted yet",
+}
 
 
 def _matrix_params():

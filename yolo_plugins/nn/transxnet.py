@@ -386,6 +386,9 @@ class IDConv(nn.Module):
             a = self.proj(x.mean(dim=(-2, -1), keepdim=True)).reshape(B, G, C).softmax(dim=1)
             bias = (a * self.bias.unsqueeze(0)).sum(dim=1).reshape(-1)
         if B == 1:
+            if bias is not None and _exporting():  # Core ML needs a conv's bias constant: add the mixed one after
+                y = F.conv2d(x, weight.reshape(C, 1, K, K), None, padding=K // 2, groups=C)
+                return y + bias.reshape(1, C, 1, 1)
             return F.conv2d(x, weight.reshape(C, 1, K, K), bias, padding=K // 2, groups=C)
         y = F.conv2d(x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, K, K), bias, padding=K // 2, groups=B * C)
         return y.reshape(B, C, H, W)
@@ -416,6 +419,10 @@ class DMixer(nn.Module):
         pos_size: Side of an own learnable relative position table (for use outside the backbone, which shares one
             table per stage); 0 (default) = no relative position bias unless one is passed to ``forward``.
     """
+
+    export_unsupported: ClassVar[dict[str, Any]] = {
+        "coreml": lambda m, args: TransXNet.export_unsupported["coreml"] if m.relative_pos_enc is not None else None,
+    }
 
     def __init__(
         self,
@@ -695,6 +702,10 @@ class TransXNet(Backbone):
 
     family = "transxnet"
     default_variant = "t"
+    export_unsupported: ClassVar[dict[str, str]] = {
+        "coreml": "coremltools cannot convert the bicubic resize of its relative position tables "
+        "(upsample_bicubic2d); export to onnx, openvino or ncnn instead",
+    }
     scale_variants: ClassVar[dict[str, str]] = {"n": "t", "s": "t", "m": "s", "l": "b", "x": "b"}
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "t": {

@@ -44,18 +44,18 @@ __all__ = [
 ]
 
 # ------------------------------------------------------------------------------------------------------------ cases
-# Tolerances (max |difference| to the fused PyTorch model on the letterboxed bus.jpg): ``box`` in input pixels (the
-# box rows of the raw output), ``score`` in class probability. fp32 runtimes reorder float sums (fused kernels,
-# different GEMM blocking): measured differences are 1e-5..1e-3 px and below 1e-5 in scores on trained-looking
-# weights, so 0.05 px / 1e-3 keeps a margin of >10x while any wrong operation (a missing bias, a transposed
-# position table) moves boxes by pixels. fp16 stores weights and activations with an 11-bit mantissa (relative error
-# 5e-4 per rounding, accumulated over ~100 layers): boxes move up to ~1 px at 640, scores ~1e-2. int8 (per-tensor
-# activations, calibrated on 16 images) moves boxes by several pixels and scores by ~0.1: its tolerance only catches
-# a broken graph; its accuracy is a matter of validation mAP, not of equality. MNN gets the fp16 tolerance: Ultralytics'
-# MNN backend runs with precision "low".
+# Tolerances (|difference| to the fused PyTorch model on the letterboxed bus.jpg): ``box`` in input pixels (the box
+# rows of the raw output), ``score`` in class probability. fp32 runtimes reorder float sums (fused kernels, other GEMM
+# blocking): measured maxima are 1e-5..2e-3 px and below 2e-5 in scores on trained-looking weights, so 0.05 px / 1e-3
+# keeps a margin of >20x while any wrong operation (a missing bias, a transposed position table) moves boxes by
+# pixels. fp16 stores weights and activations with an 11-bit mantissa (relative error 5e-4 per rounding, accumulated
+# over ~100 layers): measured maxima 0.2-0.3 px at 64-96 px inputs; 2 px / 0.03 allows for 640 px boxes. MNN gets the
+# fp16 tolerance: Ultralytics' MNN backend runs at precision "low". int8 (per-tensor activations calibrated on a few
+# images) is held on the *mean* |difference| (its maximum is large by nature: measured 33 px / 0.41 at 64x96 for
+# RepViT, mean 3.2 px / 0.027); 8 px / 0.08 only catches a broken graph: judge int8 by validation mAP.
 FP32 = {"box": 0.05, "score": 1e-3}
 FP16 = {"box": 2.0, "score": 3e-2}
-INT8 = {"box": 64.0, "score": 0.35}
+INT8 = {"box": 8.0, "score": 0.08, "stat": "mean"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ class Case:
     modules: tuple[str, ...] = ()
     int8: bool = False
     note: str = ""
+    stat: str = "max"  # "max" or "mean" |difference| is held to the tolerance
+    requires: tuple[str, ...] = ()  # version constraints, e.g. "numpy<=2.3.5"
 
 
 CASES: tuple[Case, ...] = (
@@ -100,7 +102,14 @@ CASES: tuple[Case, ...] = (
     Case("saved_model", "saved_model", modules=("tensorflow", "onnx2tf", "tf_keras")),
     Case("litert", "litert", modules=("litert_torch", "ai_edge_litert")),
     Case("executorch", "executorch", modules=("executorch",)),
-    Case("coreml", "coreml", runs=False, modules=("coremltools",), note="Core ML runs on Apple platforms only"),
+    Case(
+        "coreml",
+        "coreml",
+        runs=False,
+        modules=("coremltools",),
+        requires=("numpy<=2.3.5",),  # Ultralytics' own requirement: coremltools 9.0 fails on numpy 2.4
+        note="Core ML runs on Apple platforms only",
+    ),
 )
 
 
@@ -113,8 +122,22 @@ def case_by_key(key: str) -> Case:
 
 
 def missing_modules(case: Case) -> list[str]:
-    """The modules ``case`` needs that are not installed (``pip install 'yolo-plugins[export]'``)."""
-    return [m for m in case.modules if importlib.util.find_spec(m) is None]
+    """What ``case`` needs and this environment lacks: modules not installed (``pip install 'yolo-plugins[export]'``)
+    and version constraints not met."""
+    import re
+    from importlib import metadata
+
+    from ultralytics.utils.checks import check_version
+
+    out = [m for m in case.modules if importlib.util.find_spec(m) is None]
+    for req in case.requires:
+        name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", req).groups()
+        try:
+            if not check_version(metadata.version(name), spec):
+                out.append(f"{req} (installed: {metadata.version(name)})")
+        except metadata.PackageNotFoundError:
+            out.append(req)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- trained weights
@@ -215,6 +238,8 @@ class Row:
     status: str = ""
     box_diff: float | None = None
     score_diff: float | None = None
+    box_mean: float | None = None
+    score_mean: float | None = None
     size_mb: float | None = None
     latency_ms: float | None = None
     export_s: float | None = None
@@ -348,6 +373,7 @@ def run_case(
     """Export ``pt`` as ``case`` at ``imgsz`` into ``folder`` (a copy of the checkpoint is exported there), load it
     back with ``YOLO``, predict bus.jpg, compare raw outputs with the fused PyTorch model and time ``repeats`` runs
     (median). ``data`` is the calibration dataset of int8 cases. The exported files are removed unless ``keep``."""
+    import torch._dynamo  # noqa: F401  before a converter loads TensorFlow: triton loaded after it crashed the process
     from ultralytics import YOLO
 
     from ..integration.export import ExportRefusedError
@@ -357,7 +383,7 @@ def run_case(
     row = Row(model=pt.stem, imgsz=hw, case=case.key)
     missing = missing_modules(case)
     if missing:
-        row.status, row.note = "skipped", f"not installed: {', '.join(missing)} (pip install 'yolo-plugins[export]')"
+        row.status, row.note = "skipped", f"needs {', '.join(missing)} (pip install 'yolo-plugins[export]')"
         return row
     work = Path(folder) / f"{pt.stem}-{hw[0]}x{hw[1]}-{case.key}"
     shutil.rmtree(work, ignore_errors=True)
@@ -417,12 +443,14 @@ def run_case(
         if out.shape != ref.shape:
             row.status, row.note = "differs", f"output shape {tuple(out.shape)} != PyTorch {tuple(ref.shape)}"
             return row
-        row.box_diff = float((out[:, :4] - ref[:, :4]).abs().max())
-        row.score_diff = float((out[:, 4:] - ref[:, 4:]).abs().max())
-        within = row.box_diff <= case.box and row.score_diff <= case.score
+        box, score = (out[:, :4] - ref[:, :4]).abs(), (out[:, 4:] - ref[:, 4:]).abs()
+        row.box_diff, row.score_diff = float(box.max()), float(score.max())
+        row.box_mean, row.score_mean = float(box.mean()), float(score.mean())
+        held = (row.box_diff, row.score_diff) if case.stat == "max" else (row.box_mean, row.score_mean)
+        within = held[0] <= case.box and held[1] <= case.score
         row.status = "ok" if within else "differs"
         if not within:
-            row.note = f"tolerance {case.box} px / {case.score}"
+            row.note = f"{case.stat} |difference| tolerance {case.box} px / {case.score}"
         return row
     finally:
         stack.close()
