@@ -204,7 +204,16 @@ FAMILIES = {
 IMGSZ = (64, 96)
 # formats that take a minute or more per export even at this size: run on one family (RepViT, the family built for
 # deployment), the cheap formats on every family
-SLOW = {"openvino-int8", "saved_model", "litert", "executorch", "openvino-fp16", "onnx-simplify", "onnx-dynamic"}
+SLOW = {
+    "openvino-int8",
+    "saved_model",
+    "litert",
+    "executorch",
+    "openvino-fp16",
+    "onnx-simplify",
+    "onnx-dynamic",
+    "coreai",
+}
 # known failures, left to the helper that owns the family (the table in docs/deployment.md says the same)
 _TRANSNEXT = "TransNeXt's export path is being reworked (the 'transnext' helper): "
 XFAIL: dict[tuple[str, str], str] = {
