@@ -233,12 +233,8 @@ def test_fused_parameters_follow_requires_grad():
         p.requires_grad = False
     model.fuse()
     assert not any(p.requires_grad for p in model.parameters())
-    x = torch.zeros(1, 3, 64, 64)
-    assert not model(x)[0].requires_grad
-    backbone = next(m for m in model.modules() if isinstance(m, R.RepViT))
-    traced = torch.jit.trace(backbone, x, strict=False)
-    assert not any(f.requires_grad for f in traced(x))
-    m = R.RepViT("m0_9", num_classes=1000, distillation=True)
+    assert not model(torch.zeros(1, 3, 64, 64))[0].requires_grad  # what TorchScript traces
+    m = R.RepViT("m0_9", num_classes=10, distillation=True)  # the head's BN-Linear too
     m.fuse()
     assert all(p.requires_grad for p in m.parameters())
 
