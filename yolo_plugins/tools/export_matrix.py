@@ -50,14 +50,15 @@ __all__ = [
 # blocking): measured maxima are 1e-5..2e-3 px at 64-96 px inputs and 3.4e-2 px at 640 (boxes grow with the image),
 # below 1e-4 in scores, on trained-looking weights; max(0.05 px, 2e-4 x the longer image side) (0.128 px at 640) and
 # 1e-3 keep a margin of >=4x while any wrong operation (a missing bias, a transposed position table) moves boxes by
-# pixels. fp16 stores weights and activations with an 11-bit mantissa (relative error 5e-4 per rounding, accumulated
-# over ~100 layers): measured maxima 0.2-0.3 px at 64-96 px inputs; 2 px / 0.03 allows for 640 px boxes. MNN gets the
-# fp16 tolerance: Ultralytics' MNN backend runs at precision "low". int8 (per-tensor activations calibrated on a few
-# images) is held on the *mean* |difference| (its maximum is large by nature: measured 33 px / 0.41 at 64x96 for
-# RepViT, mean 3.2 px / 0.027); 8 px / 0.08 only catches a broken graph: judge int8 by validation mAP.
+# pixels. fp16 and int8 round every layer: their largest differences are outliers (for the *stock* YOLOv8n with the
+# same trained-looking weights at 640: fp16 OpenVINO 32 px / 0.096, int8 430 px / 1.0), so these precisions are held
+# on the *mean* |difference|, with tolerances from the stock model's means at 640 (fp16 0.27 px / 0.0015, int8 19 px
+# / 0.125) times ~2-4: fp16 1 px / 0.01, int8 48 px / 0.25. MNN gets the fp16 tolerance: Ultralytics' MNN backend
+# runs at precision "low" (fp16 where the CPU has it). int8 equality only catches a broken graph: judge int8 by
+# validation mAP.
 FP32 = {"box": 0.05, "score": 1e-3, "box_per_side": 2e-4}
-FP16 = {"box": 2.0, "score": 3e-2, "box_per_side": 0.0}
-INT8 = {"box": 8.0, "score": 0.08, "stat": "mean", "box_per_side": 0.0}
+FP16 = {"box": 1.0, "score": 1e-2, "stat": "mean", "box_per_side": 0.0}
+INT8 = {"box": 48.0, "score": 0.25, "stat": "mean", "box_per_side": 0.0}
 
 
 @dataclass(frozen=True)
@@ -535,7 +536,11 @@ def _fmt(v: float | None, nd: int) -> str:
 def _cell(r: Row) -> str:
     if r.box_diff is None:
         return "-"
-    return f"{r.box_diff:.1e} px / {r.score_diff:.1e}"
+    cell = f"{r.box_diff:.1e} px / {r.score_diff:.1e}"
+    known = {c.key: c for c in CASES}
+    if r.case in known and known[r.case].stat == "mean" and r.box_mean is not None:
+        cell = f"mean {r.box_mean:.1e} px / {r.score_mean:.1e} (max {cell})"
+    return cell
 
 
 def format_markdown(rows: list[Row], header: str = "") -> str:
@@ -547,7 +552,7 @@ def format_markdown(rows: list[Row], header: str = "") -> str:
         sub = [r for r in rows if r.imgsz == hw]
         out += [
             f"\n### {hw[0]}x{hw[1]} (height x width)\n",
-            "| model | format | status | max diff (box px / score) | size MB | latency ms | detections |",
+            "| model | format | status | max diff (box px / score; fp16/int8: mean) | size MB | latency ms | detections |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in sub:
