@@ -3,6 +3,7 @@
     python scripts/export_matrix.py                                   # every family, 640 and 384x640, every format
     python scripts/export_matrix.py --models yolov8n-repvit.yaml --sizes 320 --formats onnx ncnn
     python scripts/export_matrix.py --out matrix.md --json matrix.json
+    python scripts/export_matrix.py --render a.json b.json --out matrix.md   # one table from earlier runs
 
 Each model gets trained-looking weights (perturbed, BatchNorm statistics from real photos), is exported with
 ``YOLO(...).export``, loaded back with ``YOLO(exported)``, predicted and compared with the fused PyTorch model within
@@ -18,7 +19,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from yolo_plugins.tools.export_matrix import CASES, case_by_key, format_markdown, header, rows_to_json, run_matrix
+from yolo_plugins.tools.export_matrix import (
+    CASES,
+    case_by_key,
+    format_markdown,
+    header,
+    rows_from_json,
+    rows_to_json,
+    run_matrix,
+)
 
 DEFAULT_MODELS = (
     "yolov8n-repvit.yaml",
@@ -35,6 +44,10 @@ def size(text: str) -> int | tuple[int, int]:
     return (int(h), int(w)) if w else int(h)
 
 
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="model YAMLs (shipped or derived)")
@@ -44,18 +57,16 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--folder", type=Path, help="work folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, help="also write the Markdown table here")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--render", nargs="+", type=Path, help="no run: one table from --json files of earlier runs")
     args = ap.parse_args(argv)
-    cases = [case_by_key(k) for k in args.formats]
     command = "python scripts/export_matrix.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    with tempfile.TemporaryDirectory(prefix="yolo-plugins-export-") as tmp:
-        rows = run_matrix(
-            args.models,
-            args.sizes,
-            cases,
-            args.folder or tmp,
-            log=lambda m: print(m, file=sys.stderr),
-            repeats=args.repeats,
-        )
+    if args.render:
+        rows = [r for f in args.render for r in rows_from_json(json.loads(f.read_text()))]
+        command += "  (rows of earlier runs, judged with the current tolerances)"
+    else:
+        cases = [case_by_key(k) for k in args.formats]
+        with tempfile.TemporaryDirectory(prefix="yolo-plugins-export-") as tmp:
+            rows = run_matrix(args.models, args.sizes, cases, args.folder or tmp, log=_log, repeats=args.repeats)
     table = format_markdown(rows, header=header(command.strip()))
     print(table)
     if args.out:

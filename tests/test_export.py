@@ -190,6 +190,9 @@ def test_markdown_table():
     md = M.format_markdown(rows, header="# t")
     assert "### 64x96" in md and "| yolov8n-repvit | onnx | ok | 1.0e-04 px / 1.0e-07 | 12.3 | 4.5 | 3 |" in md
     assert "**refused**" in md and "- yolov8n-repvit / ncnn (refused): yolo-plugins cannot export" in md
+    rows[0].status = "differs"  # judged again with the current tolerances when read back
+    back = M.rows_from_json(M.rows_to_json(rows))
+    assert back[0].status == "ok" and back[0].imgsz == (64, 96) and back[1].status == "refused"
 
 
 # ------------------------------------------------------------------------------------ the matrix (pytest -m export)

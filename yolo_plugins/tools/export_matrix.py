@@ -39,6 +39,8 @@ __all__ = [
     "format_markdown",
     "judge",
     "prepare_checkpoint",
+    "rows_from_json",
+    "rows_to_json",
     "run_case",
     "run_matrix",
     "trained_looking",
@@ -601,3 +603,16 @@ def header(command: str, threads: int | None = None) -> str:
 def rows_to_json(rows: list[Row]) -> list[dict]:
     """Plain dicts (for ``--json``)."""
     return [asdict(r) for r in rows]
+
+
+def rows_from_json(items: list[dict]) -> list[Row]:
+    """Rows written by :func:`rows_to_json`, judged again with the current tolerances (rows that ran and were
+    compared; refusals, failures and skips stay as they were)."""
+    known = {c.key: c for c in CASES}
+    rows = []
+    for d in items:
+        r = Row(**{**d, "imgsz": tuple(d["imgsz"])})
+        if r.status in ("ok", "differs") and r.box_diff is not None and r.case in known:
+            judge(r, known[r.case])
+        rows.append(r)
+    return rows
