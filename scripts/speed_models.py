@@ -1,8 +1,8 @@
 """Whole-model speed: plugin models against their stock twins, interleaved in one run (docs/speed.md's tables).
 
     python scripts/speed_models.py                        # YOLOv8s and its TransNeXt/TransXNet/RepViT twins, 2 threads:
-                                                          # inference 640 px batch 1 (eager and ONNX Runtime) and
-                                                          # one training step 320 px batch 8
+                                                          # inference 640 px batch 1 (eager, ONNX Runtime and
+                                                          # OpenVINO) and one training step 320 px batch 8
     python scripts/speed_models.py --against 1a86c24      # plus the plugin models of another commit, same run
     python scripts/speed_models.py --device cuda:0        # on a GPU (eager; fused attention kernels)
     python scripts/speed_models.py --models yolo11n.yaml yolo11n-repvit.yaml --imgsz 320 --no-train
@@ -14,6 +14,7 @@ Each model runs in its own worker process (own peak memory); every round times e
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -39,7 +40,10 @@ def specs_for(args: argparse.Namespace, against: Path | None) -> list[Spec]:
     common = dict(device=args.device, threads=args.threads)
     out = []
     if not args.no_infer:
-        runtimes = ["torch"] + ([] if args.no_onnx or args.device != "cpu" else ["onnx"])
+        runtimes = ["torch"]
+        if args.device == "cpu":
+            runtimes += [] if args.no_onnx else ["onnx"]
+            runtimes += [] if args.no_openvino or importlib.util.find_spec("openvino") is None else ["openvino"]
         for rt in runtimes:
             for m in args.models:
                 out.append(Spec(m, imgsz=args.imgsz, batch=args.batch, runtime=rt, **common))
@@ -71,6 +75,9 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--no-infer", action="store_true")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (CPU only anyway)")
+    ap.add_argument(
+        "--no-openvino", action="store_true", help="skip OpenVINO (CPU only; skipped anyway where it is not installed)"
+    )
     ap.add_argument("--channels-last-stock", action="store_true", help="also time each stock model channels-last")
     ap.add_argument(
         "--malloc-tuned",

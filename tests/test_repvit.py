@@ -223,6 +223,22 @@ def test_fuse_backbone_equivalent_and_idempotent():
         assert all(torch.equal(a, b) for a, b in zip(m(x), fused))
 
 
+def test_fused_parameters_follow_requires_grad():
+    """Ultralytics' exporter switches gradients off and then fuses: the re-parameterised layers must stay frozen (a
+    traced TorchScript model's outputs required grad), while fusing a trainable model keeps it trainable."""
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n-repvit.yaml").model.eval()
+    for p in model.parameters():
+        p.requires_grad = False
+    model.fuse()
+    assert not any(p.requires_grad for p in model.parameters())
+    assert not model(torch.zeros(1, 3, 64, 64))[0].requires_grad  # what TorchScript traces
+    m = R.RepViT("m0_9", num_classes=10, distillation=True)  # the head's BN-Linear too
+    m.fuse()
+    assert all(p.requires_grad for p in m.parameters())
+
+
 @pytest.mark.parametrize(
     "make, shape_in, shape_out",
     [

@@ -22,6 +22,10 @@ def test_stock_twin():
 def test_spec_rejects_what_cannot_be_measured():
     with pytest.raises(ValueError, match="ONNX Runtime"):
         Spec("yolov8n.yaml", runtime="onnx", mode="train")
+    with pytest.raises(ValueError, match="OpenVINO"):
+        Spec("transxnet_t", kind="backbone", runtime="openvino")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        Spec("yolov8n.yaml", runtime="tensorrt")
     with pytest.raises(ValueError, match="mode"):
         Spec("yolov8n.yaml", mode="fast")
 
@@ -47,6 +51,22 @@ def test_interleaved_workers_at_tiny_settings():
     table = format_markdown(res)
     assert f"{plugin.latency_ms / eager.latency_ms:.2f}x" in table  # ratio to the stock twin
     assert f"{onnx.latency_ms / plugin.latency_ms:.2f}x eager" in table
+
+
+@pytest.mark.export  # OpenVINO comes with the export extra
+def test_openvino_runtime_at_tiny_settings():
+    """OpenVINO workers, interleaved: the exported models run and compute what eager PyTorch does (each worker
+    compares its output with its own eager model); the table gives the ratio to the stock twin in the same runtime."""
+    pytest.importorskip("openvino", reason="OpenVINO is in the export extra")
+    specs = [
+        Spec("yolov8n.yaml", imgsz=64, threads=1, runtime="openvino"),
+        Spec("yolov8n-repvit.yaml", imgsz=64, threads=1, runtime="openvino"),
+    ]
+    stock, ov = measure(specs, rounds=2, warmup=1)
+    for r in (stock, ov):
+        assert r.note == "" and len(r.runs) == 2 and r.latency_ms > 0, r.note
+    assert stock.max_diff < 1e-3 and ov.max_diff < 1e-3
+    assert f"{ov.latency_ms / stock.latency_ms:.2f}x" in format_markdown([stock, ov])
 
 
 def test_models_script_measures_another_commit(tmp_path):

@@ -11,6 +11,8 @@
   models (:mod:`yolo_plugins.integration.names`).
 * ``BaseTrainer.build_optimizer``: parameters of plugin modules with an ``lr_scale`` get that multiple of the learning
   rate (:mod:`yolo_plugins.integration.optim`).
+* ``Exporter.__call__``: a format a plugin module declares it cannot be exported to (``export_unsupported``) is
+  refused with one message before any converter runs (:mod:`yolo_plugins.integration.export`).
 * ``_SafeLoad`` (optional, releases with restricted loading): plugin classes join the allow-list while registered.
 
 ``register()`` first checks every internal these rely on; if one is missing it raises one
@@ -45,6 +47,7 @@ from .compat import (
     tasks,
     ultralytics_version,
 )
+from .export import ExporterHook
 from .optim import TrainerHook
 
 __all__ = ["register", "unregister", "is_registered", "RowRecord", "recording"]
@@ -323,6 +326,7 @@ def _hooks() -> list[Any]:
         _Replace("tasks.BaseModel.fuse", lambda: tasks().BaseModel, "fuse", _make_fuse),
         _Replace("checks.check_file", _checks_module, "check_file", names.make_check_file, _check_check_file),
         TrainerHook(),
+        ExporterHook(),
         _AllowList(),
         _Replace("tasks.parse_model", tasks, "parse_model", parser.make_parse_model, _check_parse_model),
         _Names(),

@@ -37,7 +37,13 @@ class Fusable:
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) in channels-last memory (a no-op if it already is): the backbones run their convs in this layout,
-    where oneDNN's depthwise and large-kernel convs are several times faster than in NCHW and token views are free."""
+    where oneDNN's depthwise and large-kernel convs are several times faster than in NCHW and token views are free.
+
+    Under ``torch.export`` (ExecuTorch, LiteRT) the layout is left as it is: there a memory format becomes a tensor's
+    "dim order", and ExecuTorch's kernels refuse to concatenate or split tensors of different dim orders (the
+    channels-last backbone features meet the neck's contiguous ones); the values are the same either way."""
+    if torch.compiler.is_exporting():
+        return x
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -117,8 +123,7 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    fused.weight.requires_grad_(conv.weight.requires_grad)
-    return fused
+    return fused.requires_grad_(conv.weight.requires_grad)  # frozen stays frozen (exporters switch gradients off)
 
 
 class CSPBlock(nn.Module):

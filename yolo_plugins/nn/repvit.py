@@ -308,7 +308,7 @@ class BNLinear(nn.Sequential, Fusable):
         bn, lin = self.bn, self.l
         scale = bn.weight / (bn.running_var + bn.eps).sqrt()
         shift = bn.bias - bn.running_mean * scale
-        fused = nn.Linear(lin.in_features, lin.out_features).to(lin.weight)
+        fused = nn.Linear(lin.in_features, lin.out_features).to(lin.weight).requires_grad_(lin.weight.requires_grad)
         fused.weight.copy_(lin.weight * scale[None, :])
         fused.bias.copy_(lin.weight @ shift + lin.bias)
         del self.bn, self.l

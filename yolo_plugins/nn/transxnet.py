@@ -70,6 +70,15 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
+def _affine(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``b + x * w`` (per-channel scale and shift): one ``addcmul`` kernel in eager runs; two elementwise ops in
+    exported graphs (pnnx, hence NCNN, has no ``addcmul`` and wrote an unloadable ``model_pnnx.py``: the NCNN export
+    failed). The same rounding: the product is rounded, then the sum."""
+    if _exporting():
+        return x * w + b
+    return torch.addcmul(b, x, w)
+
+
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference BatchNorm as a per-channel (scale, shift)."""
     scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
@@ -105,7 +114,7 @@ def _dw_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return _dwconv(conv, x) + x
     k = conv.kernel_size[0]
     if k == 1:
-        return torch.addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1) + 1)
+        return _affine(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1) + 1)
     eye = torch.zeros_like(conv.weight[:1, :1])
     eye[..., k // 2, k // 2] = 1
     return F.conv2d(x, conv.weight + eye, conv.bias, 1, k // 2, groups=conv.groups)
@@ -284,19 +293,22 @@ class OSRA(nn.Module):
         B, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
         kv = _dw_plus_identity(self.local_conv, self.sr(x))  # LR(kv) + kv
-        # heads as views of the (channels-last) maps: (B, h, N, d) queries, (B, h, M, d) keys and values
-        q = map_to_tokens(self.q(x)).unflatten(2, (h, d)).transpose(1, 2)
-        k, v = map_to_tokens(self.kv(kv)).unflatten(2, (2, h, d)).permute(2, 0, 3, 1, 4)
+        if _exporting():  # the same heads from 4-d reshapes of the NCHW maps (NCNN has no 5-d unflatten)
+            q = self.q(x).reshape(B, h, d, H * W).transpose(-2, -1)
+            k, v = (t.reshape(B, h, d, -1).transpose(-2, -1) for t in self.kv(kv).chunk(2, dim=1))
+        else:  # heads as views of the (channels-last) maps: (B, h, N, d) queries, (B, h, M, d) keys and values
+            q = map_to_tokens(self.q(x)).unflatten(2, (h, d)).transpose(1, 2)
+            k, v = map_to_tokens(self.kv(kv)).unflatten(2, (2, h, d)).permute(2, 0, 3, 1, 4)
         N, M = q.shape[-2], k.shape[-2]
         bias = None
         if relative_pos_enc is not None:
             bias = relative_pos_enc(N, M) if callable(relative_pos_enc) else resize_pos_enc(relative_pos_enc, N, M)
             bias = bias.to(q.dtype)
-        if _exporting():
-            out = self._attend(q, k, v, bias)
-        else:  # PyTorch's fused attention: scale, bias, softmax and the value product in one cache-blocked kernel
-            p = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
+        if _exporting():  # (B, h, N, d) -> (B, C, H, W) by a 4-d reshape
+            return self._attend(q, k, v, bias).transpose(-2, -1).reshape(B, C, H, W)
+        # PyTorch's fused attention: scale, bias, softmax and the value product in one cache-blocked kernel
+        p = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         return out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last map
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -374,6 +386,9 @@ class IDConv(nn.Module):
             a = self.proj(x.mean(dim=(-2, -1), keepdim=True)).reshape(B, G, C).softmax(dim=1)
             bias = (a * self.bias.unsqueeze(0)).sum(dim=1).reshape(-1)
         if B == 1:
+            if bias is not None and _exporting():  # Core ML needs a conv's bias constant: add the mixed one after
+                y = F.conv2d(x, weight.reshape(C, 1, K, K), None, padding=K // 2, groups=C)
+                return y + bias.reshape(1, C, 1, 1)
             return F.conv2d(x, weight.reshape(C, 1, K, K), bias, padding=K // 2, groups=C)
         y = F.conv2d(x.reshape(1, B * C, H, W), weight.reshape(B * C, 1, K, K), bias, padding=K // 2, groups=B * C)
         return y.reshape(B, C, H, W)
@@ -404,6 +419,10 @@ class DMixer(nn.Module):
         pos_size: Side of an own learnable relative position table (for use outside the backbone, which shares one
             table per stage); 0 (default) = no relative position bias unless one is passed to ``forward``.
     """
+
+    export_unsupported: ClassVar[dict[str, Any]] = {
+        "coreml": lambda m, args: TransXNet.export_unsupported["coreml"] if m.relative_pos_enc is not None else None,
+    }
 
     def __init__(
         self,
@@ -519,7 +538,7 @@ class MultiScaleDWConv(nn.Module):
 def _dwconv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A depthwise conv; the 1x1 one as a per-channel affine (PyTorch runs grouped 1x1 convs group by group)."""
     if conv.kernel_size == (1, 1):
-        return torch.addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1))
+        return _affine(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1))
     return conv(x)
 
 
@@ -568,7 +587,7 @@ class LayerScale(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias.reshape(1, -1, 1, 1), x, self.weight.reshape(1, -1, 1, 1))
+        return _affine(self.bias.reshape(1, -1, 1, 1), x, self.weight.reshape(1, -1, 1, 1))
 
 
 @register_module(channels="same")
@@ -683,6 +702,10 @@ class TransXNet(Backbone):
 
     family = "transxnet"
     default_variant = "t"
+    export_unsupported: ClassVar[dict[str, str]] = {
+        "coreml": "coremltools cannot convert the bicubic resize of its relative position tables "
+        "(upsample_bicubic2d); export to onnx, openvino or ncnn instead",
+    }
     scale_variants: ClassVar[dict[str, str]] = {"n": "t", "s": "t", "m": "s", "l": "b", "x": "b"}
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "t": {
@@ -790,8 +813,17 @@ class TransXNet(Backbone):
             pos = _StagePosEnc(self.relative_pos_enc[i], self._pos_cache, i)
             for blk in self.network[2 * i]:
                 x = blk(x, pos)
-            outs.append(getattr(self, f"norm{2 * i}")(x))
+            outs.append(self._out_norm(getattr(self, f"norm{2 * i}"), x))
         return outs
+
+    @staticmethod
+    def _out_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A stage's output norm. Exported graphs call ``group_norm`` as a function: a YOLO neck leaves the stride-4
+        output unused, and pnnx (NCNN's converter) crashed with a segmentation fault on the unused GroupNorm module
+        call, writing no ``model_pnnx.py``."""
+        if isinstance(norm, nn.GroupNorm) and _exporting():
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        return norm(x)
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Classification logits from the features of a ``num_classes > 0`` model: -> (B, num_classes)."""

@@ -12,8 +12,10 @@ Steps:
 
 * ``infer``: eval mode under ``torch.inference_mode()``; whole models fused first (``model.fuse()``, as Ultralytics
   predicts); ONNX: Ultralytics' exporter (opset and simplification as ``yolo export format=onnx``) then one
-  ``onnxruntime`` CPU session run with ``threads`` intra-op threads; the worker reports the max |difference| to the
-  eager output.
+  ``onnxruntime`` CPU session run with ``threads`` intra-op threads; OpenVINO: Ultralytics' exporter
+  (``yolo export format=openvino``, fp32) then one model compiled for the CPU with the ``LATENCY`` hint (as
+  Ultralytics' backend), one stream, ``threads`` inference threads and fp32 inference precision (no bf16 where the CPU
+  has it: the same arithmetic as ONNX Runtime); the worker reports the max |difference| to the eager output.
 * ``train``: whole models compute Ultralytics' own loss on a generated batch (a few boxes per image), backward and an
   SGD step; backbones the mean of every feature. The model is in train mode (BatchNorm statistics update).
 
@@ -39,6 +41,7 @@ from pathlib import Path
 __all__ = [
     "DEFAULT_BACKBONES",
     "DEFAULT_MODELS",
+    "RUNTIMES",
     "Result",
     "Spec",
     "format_markdown",
@@ -51,6 +54,8 @@ __all__ = [
 
 DEFAULT_BACKBONES = ("transnext_micro", "transxnet_t", "repvit_m0_9")
 DEFAULT_MODELS = ("yolov8s.yaml", "yolov8s-transnext.yaml", "yolov8s-transxnet.yaml", "yolov8s-repvit.yaml")
+RUNTIMES = ("torch", "onnx", "openvino")
+RUNTIME_NAMES = {"torch": "PyTorch", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
 ORACLE_MAX_SIZE = {"transnext": 320}  # its naive oracle materialises per-pair tables (~20 GB at 640)
 _ROOT = Path(__file__).resolve().parents[2]  # the checkout (tests/oracles for --oracle)
 
@@ -60,7 +65,8 @@ class Spec:
     """What one worker measures.
 
     ``kind`` is ``backbone`` (a ``create_backbone`` name) or ``model`` (a model YAML, shipped or derived name);
-    ``mode`` ``infer`` or ``train``; ``runtime`` ``torch`` or ``onnx`` (inference only, CPU); ``root`` a checkout whose
+    ``mode`` ``infer`` or ``train``; ``runtime`` ``torch``, ``onnx`` or ``openvino`` (the last two: inference of whole
+    models on the CPU); ``root`` a checkout whose
     ``yolo_plugins`` the worker imports instead of the installed one; ``label`` names the row (default: ``name``).
     """
 
@@ -82,10 +88,10 @@ class Spec:
             raise ValueError(f"kind must be 'model' or 'backbone', got {self.kind!r}")
         if self.mode not in ("infer", "train"):
             raise ValueError(f"mode must be 'infer' or 'train', got {self.mode!r}")
-        if self.runtime not in ("torch", "onnx"):
-            raise ValueError(f"runtime must be 'torch' or 'onnx', got {self.runtime!r}")
-        if self.runtime == "onnx" and (self.mode != "infer" or self.kind != "model"):
-            raise ValueError("ONNX Runtime is measured for whole models in inference only")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.runtime != "torch" and (self.mode != "infer" or self.kind != "model"):
+            raise ValueError(f"{RUNTIME_NAMES[self.runtime]} is measured for whole models in inference only")
         self.label = self.label or self.name
 
 
@@ -208,6 +214,8 @@ def _build_step(spec: Spec, res: Result):
         model = model.fuse(verbose=False) if "verbose" in model.fuse.__code__.co_varnames else model.fuse()
     if spec.runtime == "onnx":
         return _onnx_step(spec, wrapper, model, x, res), model, x
+    if spec.runtime == "openvino":
+        return _openvino_step(spec, wrapper, model, x, res), model, x
 
     def step():
         with torch.inference_mode():
@@ -247,6 +255,36 @@ def _onnx_step(spec: Spec, wrapper, model, x, res: Result):
 
     def step():
         return session.run(None, feed)
+
+    return step
+
+
+def _openvino_step(spec: Spec, wrapper, model, x, res: Result):
+    """Export with Ultralytics' exporter (fp32, into the worker's private folder); one model compiled for the CPU."""
+    import openvino as ov
+    import torch
+
+    wrapper.model = model
+    wrapper.ckpt = None
+    folder = Path(wrapper.export(format="openvino", imgsz=spec.imgsz, batch=spec.batch, device="cpu", verbose=False))
+    core = ov.Core()
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "INFERENCE_NUM_THREADS": spec.threads or torch.get_num_threads(),
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    compiled = core.compile_model(core.read_model(str(next(folder.glob("*.xml")))), "CPU", config)
+    shutil.rmtree(folder)  # compiled; the folder is the worker's own
+    request = compiled.create_infer_request()
+    feed = x.contiguous().numpy()
+    with torch.inference_mode():
+        ref = _first_tensor(model.eval()(x.contiguous()))
+    out = request.infer([feed])[compiled.output(0)]
+    res.max_diff = float((torch.from_numpy(out) - ref).abs().max())
+
+    def step():
+        return request.infer([feed])
 
     return step
 
@@ -472,8 +510,8 @@ def _key(s: Spec) -> tuple:
 
 def format_markdown(results: list[Result]) -> str:
     """One table. ``ratio``: a derived model's latency over its stock twin's (same mode, size, batch, runtime, device,
-    default memory layout, this checkout). Notes give an ONNX row's latency over the same model's eager one and a row
-    from another checkout (``root``) its latency over this checkout's."""
+    default memory layout, this checkout). Notes give an ONNX Runtime or OpenVINO row's latency over the same model's
+    eager one and a row from another checkout (``root``) its latency over this checkout's."""
     lines = [
         "| model | mode | runtime | imgsz | batch | latency ms | min ms | ratio to stock | params M | peak RSS MiB | "
         "step MiB | max diff | note |",
@@ -490,7 +528,7 @@ def format_markdown(results: list[Result]) -> str:
         twin = stock_twin(s.name) if s.kind == "model" else None
         ref = latency(twin, key) if twin else None
         ratio = f"{r.latency_ms / ref:.2f}x" if ref and r.latency_ms else "-"
-        eager = latency(s.name, (*key[:4], "torch", key[5]), s.channels_last, s.root) if s.runtime == "onnx" else None
+        eager = latency(s.name, (*key[:4], "torch", key[5]), s.channels_last, s.root) if s.runtime != "torch" else None
         if eager and r.latency_ms:
             notes.append(f"{r.latency_ms / eager:.2f}x eager")
         cur = latency(s.name, key, s.channels_last) if s.root else None

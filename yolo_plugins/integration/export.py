@@ -1,0 +1,224 @@
+"""Export refusals: a format a plugin module cannot be exported to is refused before any converter runs.
+
+A module declares what it cannot be exported to where it is defined, in the registry's spirit: a class attribute
+``export_unsupported`` maps an Ultralytics export format (the ``format=`` argument: ``"ncnn"``, ``"coreml"``, ...;
+optionally ``"<format>:<quantize>"``, e.g. ``"openvino:8"``, for one precision) to the reason, which says what to
+use instead. A value may also be a function ``(module, args) -> str | None`` for a refusal that depends on the
+export arguments (size, precision)::
+
+    class MyBlock(nn.Module):
+        export_unsupported = {"ncnn": "pnnx cannot convert its deformable sampling; export to onnx or openvino"}
+
+:class:`ExporterHook` (one of :mod:`yolo_plugins.integration.patch`'s hooks) wraps ``Exporter.__call__``: before
+Ultralytics copies, fuses and converts the model, every module of it is asked; the first declared refusal raises
+:class:`ExportRefusedError` with one message naming the format, the module and the reason. Models without such
+modules (every stock model) export exactly as before. The hook is installed when ``ultralytics.engine.exporter`` is
+loaded (at once if it is, right after it loads if not; the plugin never imports it early) and ``unregister()``
+restores the original ``__call__``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ..errors import PluginError
+
+try:  # installed: the import hook lives at top level (one finder class shared with the autoload hook)
+    from _yolo_plugins_importhook import AfterImport
+except ImportError:  # a source checkout on sys.path
+    from .importhook import AfterImport
+
+__all__ = ["ATTR", "ExportRefusedError", "ExporterHook", "check_exportable", "normalise_format", "refusals"]
+
+ATTR = "export_unsupported"
+MODULE = "ultralytics.engine.exporter"
+# Ultralytics' own aliases (Exporter.__call__): refusals are declared under the canonical format argument
+_ALIASES = {
+    "tensorrt": "engine",
+    "trt": "engine",
+    "mlmodel": "coreml",
+    "mlpackage": "coreml",
+    "mlprogram": "coreml",
+    "apple": "coreml",
+    "ios": "coreml",
+    "huawei": "ascend",
+    "cann": "ascend",
+    "om": "ascend",
+    "vitis": "xilinx",
+    "vitisai": "xilinx",
+    "versal": "xilinx",
+    "tflite": "litert",
+    "tfjs": "litert",
+}
+
+
+class ExportRefusedError(PluginError):
+    """A plugin module declares that it cannot be exported to the requested format (the message says why and what
+    to export to instead)."""
+
+
+def _known_formats() -> tuple[str, ...]:
+    mod = sys.modules.get(MODULE)
+    fmts = getattr(mod, "export_formats", None)
+    return tuple(fmts()["Argument"][1:]) if fmts else ()
+
+
+def normalise_format(fmt: str) -> str:
+    """The canonical format argument Ultralytics exports to for ``fmt`` (aliases resolved; a misspelling corrected
+    to the closest known format, as Ultralytics does; an unknown format returned lower-cased: Ultralytics rejects
+    it with its own message)."""
+    fmt = str(fmt).lower()
+    fmt = _ALIASES.get(fmt, fmt)
+    known = _known_formats()
+    if known and fmt not in known:
+        close = difflib.get_close_matches(fmt, known, n=1, cutoff=0.6)
+        fmt = close[0] if close else fmt
+    return fmt
+
+
+def _quantize_key(args: Any) -> str | None:
+    q = getattr(args, "quantize", None)
+    return None if q is None else str(q)
+
+
+def refusals(model: nn.Module, fmt: str, args: Any = None) -> list[tuple[str, str]]:
+    """``(module class name, reason)`` for every kind of module in ``model`` that refuses ``fmt`` (canonical format
+    argument) with these export ``args`` (anything with a ``quantize`` attribute, or None)."""
+    keys = [fmt] if _quantize_key(args) is None else [f"{fmt}:{_quantize_key(args)}", fmt]
+    out: dict[str, str] = {}
+    for m in model.modules():
+        table = getattr(m, ATTR, None)
+        if not table:
+            continue
+        name = type(m).__name__
+        for key in keys:
+            reason = table.get(key)
+            if callable(reason):
+                reason = reason(m, args)
+            if reason and name not in out:
+                out[name] = str(reason)
+                break
+    return list(out.items())
+
+
+def check_exportable(model: nn.Module, fmt: str, args: Any = None) -> None:
+    """Raise :class:`ExportRefusedError` if a module of ``model`` refuses ``fmt`` (any alias) with ``args``."""
+    canonical = normalise_format(fmt)
+    found = refusals(model, canonical, args)
+    if not found:
+        return
+    q = _quantize_key(args)
+    what = f"format='{canonical}'" + (f" with quantize={q}" if q is not None else "")
+    reasons = "; ".join(f"{name}: {reason}" for name, reason in found)
+    raise ExportRefusedError(f"yolo-plugins cannot export this model to {what}. {reasons}")
+
+
+def make_call(original: Callable) -> Callable:
+    """``Exporter.__call__`` that asks the model's plugin modules first (see :func:`check_exportable`)."""
+
+    def __call__(self, model=None, *args, **kwargs):
+        target = model if model is not None else kwargs.get("model")
+        if isinstance(target, nn.Module):
+            check_exportable(target, getattr(self.args, "format", ""), self.args)
+        return original(self, model, *args, **kwargs)
+
+    __call__.__wrapped__ = original
+    __call__.__doc__ = original.__doc__
+    __call__.yolo_plugins = True
+    return __call__
+
+
+class ExporterHook:
+    """The ``Exporter.__call__`` replacement as a hook of :mod:`yolo_plugins.integration.patch` (required: a release
+    whose exporter has no ``Exporter.__call__`` taking the model is reported as incompatible).
+
+    ``ultralytics.engine.exporter`` is patched at once when it is loaded, else right after it loads (an
+    :class:`AfterImport` finder). When the plugin registers while that module is itself loading (a process whose
+    first import is the exporter), the patch is applied by the first call of :func:`ensure_installed` from the
+    pending finder's fallback: the ``on_export_start`` default callback, which every exporter runs before converting.
+    """
+
+    what, required = "Exporter.__call__ (export refusals)", True
+    EVENT = "on_export_start"
+
+    def __init__(self):
+        self.original: Callable | None = None
+        self.finder: AfterImport | None = None
+
+    @staticmethod
+    def _exporter_cls(executed: bool = False) -> type | None:
+        """The Exporter class, or None while its module is not loaded (or still loading, unless ``executed``: the
+        AfterImport callback runs once the module's code has run, before importlib clears ``_initializing``)."""
+        mod = sys.modules.get(MODULE)
+        spec = getattr(mod, "__spec__", None)
+        if mod is None or (getattr(spec, "_initializing", False) and not executed):
+            return None
+        cls = getattr(mod, "Exporter", None)
+        return cls if isinstance(cls, type) else None
+
+    def problems(self) -> list[str]:
+        cls = self._exporter_cls()
+        if cls is None:
+            return []  # checked when it loads
+        call = vars(cls).get("__call__")
+        code = getattr(call, "__code__", None)
+        if code is None or "model" not in code.co_varnames[: code.co_argcount]:
+            return ["ultralytics.engine.exporter.Exporter.__call__(self, model) is missing"]
+        return []
+
+    def _patch(self) -> None:
+        if self.original is not None:
+            return
+        cls = self._exporter_cls(executed=True)
+        original = vars(cls).get("__call__") if cls is not None else None
+        if original is None or getattr(original, "yolo_plugins", False):
+            return
+        self.original = original
+        cls.__call__ = make_call(original)
+
+    def install(self) -> None:
+        global _PENDING
+        if self._exporter_cls() is not None:
+            self._patch()
+            return
+        if MODULE not in sys.modules:  # not imported yet: patch right after it loads
+            self.finder = AfterImport(MODULE, self._patch)
+            sys.meta_path.insert(0, self.finder)
+        else:  # loading right now: the first exporter's on_export_start checks the model and patches
+            _PENDING = self
+            from ultralytics.utils.callbacks import base
+
+            callbacks = base.default_callbacks.setdefault(self.EVENT, [])
+            if _on_export_start not in callbacks:
+                callbacks.append(_on_export_start)
+
+    def uninstall(self) -> None:
+        global _PENDING
+        _PENDING = None
+        if self.finder is not None:
+            self.finder.remove()
+        self.finder = None
+        base = sys.modules.get("ultralytics.utils.callbacks.base")
+        callbacks = getattr(base, "default_callbacks", {}).get(self.EVENT, [])
+        if _on_export_start in callbacks:
+            callbacks.remove(_on_export_start)
+        if self.original is not None:
+            sys.modules[MODULE].Exporter.__call__ = self.original
+            self.original = None
+
+
+_PENDING: ExporterHook | None = None  # a hook that could not patch yet (see ExporterHook.install)
+
+
+def _on_export_start(exporter) -> None:
+    """Default callback (a plain function: exporters copy their callback lists): checks the model being exported
+    and installs the pending hook for the next exports."""
+    if _PENDING is None:
+        return
+    _PENDING._patch()
+    check_exportable(exporter.model, exporter.args.format, exporter.args)
