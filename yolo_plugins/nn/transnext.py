@@ -319,15 +319,17 @@ def _untraced():
         torch._C._set_tracing_state(state)
 
 
-def _runtime_zero(x: torch.Tensor) -> torch.Tensor:
-    """A zero (1, 1, 1) computed from the input at run time (its first element times 0; x is finite here).
+def _anchored(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` plus a zero computed from the input at run time (x's first element times 0; x is finite here) while
+    tracing; ``t`` otherwise.
 
     Graph converters (torch.onnx's constant folding, onnxslim, OpenVINO, pnnx) evaluate every node whose inputs are
-    all constants. Gathering the per-pair bias (heads, N, P) from the small table is such a node: evaluated at
-    conversion, it is stored per block (over 2 GB at 640 px). Added to the table, this zero makes the gather a run-time
-    operation, so the file keeps the small table only.
+    all constants and store the result. Some such results are much larger than their inputs: the per-pair bias
+    (heads, N, P) gathered from the small table (stored per block, it took the 640 px file over 2 GB), or OpenVINO's
+    rewrite of ``(q + query_embedding) * scale`` into ``q * scale + (query_embedding * scale)`` with a (N, C) product
+    per block. Anchoring the small input to the image keeps such nodes run-time operations.
     """
-    return x[:1, :1, :1] * 0
+    return t + x[:1, :1, :1] * 0 if _graph_mode() == "trace" else t
 
 
 def graph_bias_table(module: nn.Module, size: tuple[int, int], pool: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
@@ -335,7 +337,7 @@ def graph_bias_table(module: nn.Module, size: tuple[int, int], pool: tuple[int, 
 
     Traced (exports): computed outside the trace from the current weights, so the graph holds the small table as a
     constant (tracing the MLP would let converters fold its (Rh * Rw, 512) hidden layer into a constant), and anchored
-    to the input by :func:`_runtime_zero`. Compiled: computed in the graph, differentiable like the eager table.
+    to the input by :func:`_anchored`. Compiled: computed in the graph, differentiable like the eager table.
     """
 
     def table(**kwargs) -> torch.Tensor:
@@ -347,7 +349,7 @@ def graph_bias_table(module: nn.Module, size: tuple[int, int], pool: tuple[int, 
         return table(budget=1 << 24)
     with _untraced(), torch.no_grad():
         t = table()
-    return t + _runtime_zero(x)
+    return _anchored(t, x)
 
 
 def _parity_halves(t: torch.Tensor, dim: int, step: int) -> list[torch.Tensor]:
@@ -836,7 +838,7 @@ class AggregatedAttention(nn.Module):
 
         q_norm = _normalize(self.q(x).view(B, N, h, d), dim=-1)
         temp = F.softplus(self.temperature).view(h, 1)
-        q_scaled = (q_norm + self.query_embedding.view(h, d)) * (temp * seq_scale)  # (B, N, h, d)
+        q_scaled = (q_norm + self.query_embedding.view(h, d)) * (temp * _anchored(seq_scale, x))  # (B, N, h, d)
 
         # keys/values of the tokens and of the pooled map (sr -> GELU -> adaptive average pool -> LayerNorm) from one
         # kv projection of both (two would store kv's weight twice in simplified ONNX files)
