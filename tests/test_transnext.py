@@ -494,6 +494,8 @@ def test_axis_rows_address_every_pair(n, p):
         for q in range(n):
             u = start + q if step == 2 else 2 * (start + q) + par
             assert values[u] == 2 * q - (bounds[j][0] + bounds[j][1] - 1)
+    index = T._axis_index(n, p, torch.device("cpu"))
+    assert index.tolist() == [[2 * (s + q) + par if step == 1 else s + q for par, s in rows] for q in range(n)]
     if n % p == 0:  # uniform pooling: exactly the distinct values (the eager table)
         assert size == len(T._axis_table(n, p, 14)[0])
 
@@ -502,25 +504,27 @@ def test_axis_rows_address_every_pair(n, p):
     "size,pool", [((16, 24), (2, 3)), ((13, 7), (6, 3)), ((5, 9), (5, 9)), ((20, 28), (7, 7)), ((3, 5), (1, 1))]
 )
 def test_graph_bias_equals_eager_bias(size, pool, monkeypatch):
-    """The bias sliced from the graph-mode table equals the eager gathered bias, values and gradients (the compiled
-    table is computed in the graph, differentiable); traced, the table is a constant of the same values."""
+    """The bias gathered (ONNX, OpenVINO, compile) or sliced (NCNN) from the graph-mode table equals the eager bias
+    (keys in (j, i) order), values and gradients (compiled, the table is computed in the graph, differentiable);
+    traced, the table is a constant of the same values."""
     torch.manual_seed(0)
     m = _perturb(T.AggregatedAttention(32, 2, sr_ratio=2, pretrain_size=7)).train()
     params = [m.cpb_fc1.weight, m.cpb_fc1.bias, m.cpb_fc2.weight, m.cpb_fc2.bias]
     table, ih, iw = T._bias_table(m, size, pool, torch.device("cpu"))
-    eager = T.gather_bias(table, ih, iw, 0, size[0])
+    eager = T.gather_bias(table, ih, iw, 0, size[0]).unflatten(-1, pool).transpose(-1, -2).flatten(-2)  # keys (j, i)
     g = torch.randn(eager.shape)
     grads_eager = torch.autograd.grad((eager * g).sum(), params)
 
     x = torch.randn(1, size[0] * size[1], 32)
     _graph_mode(monkeypatch, "compile")
-    graph = T.sliced_bias(T.graph_bias_table(m, size, pool, x), size, pool)
-    assert graph.shape == (1, *eager.shape)
-    assert (graph[0] - eager).abs().max() < 1e-5
-    for a, b in zip(torch.autograd.grad((graph[0] * g).sum(), params), grads_eager):
-        assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+    for fn in (T.graph_bias, T.sliced_bias):
+        graph = fn(T.graph_bias_table(m, size, pool, x), size, pool)
+        assert graph.shape == (1, *eager.shape)
+        assert (graph[0] - eager).abs().max() < 1e-5
+        for a, b in zip(torch.autograd.grad((graph[0] * g).sum(), params), grads_eager):
+            assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
     _graph_mode(monkeypatch, "trace")
-    traced = T.sliced_bias(T.graph_bias_table(m, size, pool, x), size, pool)
+    traced = T.pooled_bias(m, size, pool, x)
     assert not traced.requires_grad and (traced[0] - eager).abs().max() < 1e-5
 
 

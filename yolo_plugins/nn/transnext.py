@@ -36,6 +36,7 @@ smaller than ``sr``) is clamped to 1, where the official code fails.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -159,6 +160,7 @@ def clear_caches() -> None:
     cpb_geometry.cache_clear()
     local_geometry.cache_clear()
     _window_bound.cache_clear()
+    _axis_index.cache_clear()
     _log_length.cache_clear()
     _WORKSPACE.__dict__.pop("buffers", None)
 
@@ -352,6 +354,31 @@ def graph_bias_table(module: nn.Module, size: tuple[int, int], pool: tuple[int, 
     return _anchored(t, x)
 
 
+@lru_cache(maxsize=64)
+def _axis_index(n: int, p: int, device: torch.device) -> torch.Tensor:
+    """(n, p) int64: the slot in the graph-mode table axis (see :func:`_axis_rows`) of query q and pooled key j."""
+    _, step, _, rows = _axis_rows(n, p)
+    with torch.inference_mode(False), torch.no_grad():
+        parity, start = (torch.tensor(v, device=device) for v in zip(*rows))
+        q = torch.arange(n, device=device)[:, None]
+        return start + q if step == 2 else (start + q) * 2 + parity
+
+
+def graph_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int]) -> torch.Tensor:
+    """Pooled-path bias of every (query, key) pair from the graph-mode table: (1, heads, Rh, Rw) -> (1, heads, N, P),
+    queries in (y, x) order, keys in **(j, i)** (column-major) order.
+
+    Two gathers with small per-axis indices, (H * pH) and (W * pW): the rows every query row needs (small), then per
+    query column its keys' columns. One pass over the output, and no index as large as the output exists.
+    """
+    (H, W), (ph, pw) = size, pool
+    heads, rw = table.shape[1], table.shape[3]
+    index_h = _cached(_axis_index, H, ph, table.device).reshape(-1)
+    index_w = _cached(_axis_index, W, pw, table.device).reshape(-1)
+    rows = table.index_select(2, index_h).reshape(1, heads, H, ph, rw).transpose(3, 4)  # (1, heads, H, Rw, pH)
+    return rows.index_select(3, index_w).reshape(1, heads, H * W, pw * ph)
+
+
 def _parity_halves(t: torch.Tensor, dim: int, step: int) -> list[torch.Tensor]:
     """[t] for ``step == 2``; else the even and odd entries of t along ``dim`` (padded to an even length), each
     contiguous in the result (a reshape and two selects, no strided slice: NCNN has none)."""
@@ -365,23 +392,40 @@ def _parity_halves(t: torch.Tensor, dim: int, step: int) -> list[torch.Tensor]:
 
 
 def sliced_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int]) -> torch.Tensor:
-    """Pooled-path bias of every (query, key) pair from the graph-mode table: (1, heads, Rh, Rw) -> (1, heads, N, P).
+    """:func:`graph_bias` without gathers, for NCNN (which has none): (1, heads, Rh, Rw) -> (1, heads, N, P), keys in
+    (j, i) order.
 
-    The bias of key row i over all query rows is a contiguous slice of (one parity half of) the table's rows (see
-    :func:`_axis_rows`), likewise for columns: pH + pW slices stacked, in natural query and key order, no gather and no
-    index tensor. Every tensor has a leading batch dimension of 1 and at most 4 more (what pnnx/NCNN handle: pnnx
-    takes the first dimension as the batch). Equal to :func:`gather_bias` on the eager table.
+    The bias of key column j over all query columns is a contiguous slice of (one parity half of) the table's columns
+    (see :func:`_axis_rows`), likewise for rows: pW + pH slices stacked. Every tensor has a leading batch dimension of
+    1 and at most 4 more (what pnnx/NCNN handle: pnnx takes the first dimension as the batch).
     """
     (H, W), (ph, pw) = size, pool
     _, step_h, _, rows = _axis_rows(H, ph)
     _, step_w, _, cols = _axis_rows(W, pw)
     heads = table.shape[1]
-    per_col_parity = []
-    for half in _parity_halves(table, 3, step_w):  # (1, heads, Rh, Rw') per column parity
-        halves = _parity_halves(half, 2, step_h)
-        per_col_parity.append(torch.stack([halves[par][:, :, s : s + H] for par, s in rows], -1))  # (.., H, Rw', pH)
-    out = [per_col_parity[par][:, :, :, s : s + W].reshape(1, heads, H * W, ph) for par, s in cols]
-    return torch.stack(out, -1).reshape(1, heads, H * W, ph * pw)
+    per_row_parity = []
+    for half in _parity_halves(table, 2, step_h):  # (1, heads, Rh', Rw) per row parity
+        halves = _parity_halves(half, 3, step_w)
+        per_row_parity.append(torch.stack([halves[par][..., s : s + W] for par, s in cols], -1))  # (.., Rh', W, pW)
+    out = [per_row_parity[par][:, :, s : s + H].reshape(1, heads, H * W, pw) for par, s in rows]
+    return torch.stack(out, -1).reshape(1, heads, H * W, pw * ph)
+
+
+def _tracing_for_ncnn() -> bool:
+    """True while pnnx (the NCNN converter Ultralytics calls) traces the model: it takes :func:`sliced_bias`."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("pnnx"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def pooled_bias(module: nn.Module, size: tuple[int, int], pool: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+    """Graph-mode pooled-path bias of ``module``: (1, heads, N, P), keys in (j, i) order (:func:`graph_bias`)."""
+    table = graph_bias_table(module, size, pool, x)
+    sliced = _graph_mode() == "trace" and _tracing_for_ncnn()
+    return (sliced_bias if sliced else graph_bias)(table, size, pool)
 
 
 def _graph_mode() -> str | None:
@@ -827,8 +871,9 @@ class AggregatedAttention(nn.Module):
 
     def _forward_graph(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """The forward while exporting or compiling: the same attention as plain operations on tensors of at most 4
-        dimensions (NCNN's limit), without chunks, caches, in-place updates or branches on the autograd state; the
-        pooled-path bias comes from :func:`sliced_bias`, one softmax runs over [pooled | local] similarities."""
+        dimensions besides the batch (NCNN's limit), without chunks, caches, in-place updates or branches on the
+        autograd state; the pooled-path bias comes from :func:`pooled_bias` (pooled keys in its (j, i) order), one
+        softmax runs over [pooled | local] similarities."""
         B, N, C = x.shape
         h, d, ws = self.num_heads, self.head_dim, self.window_size
         pool = self.pooled_size(H, W)
@@ -843,7 +888,8 @@ class AggregatedAttention(nn.Module):
         # keys/values of the tokens and of the pooled map (sr -> GELU -> adaptive average pool -> LayerNorm) from one
         # kv projection of both (two would store kv's weight twice in simplified ONNX files)
         x_ = self.act(F.linear(x, self.sr.weight.view(C, C), self.sr.bias))
-        x_ = F.adaptive_avg_pool2d(x_.reshape(B, H, W, C).permute(0, 3, 1, 2), pool).flatten(2).transpose(1, 2)
+        x_ = F.adaptive_avg_pool2d(x_.reshape(B, H, W, C).permute(0, 3, 1, 2), pool)  # (B, C, pH, pW)
+        x_ = x_.transpose(2, 3).flatten(2).transpose(1, 2)  # (B, P, C), keys in (j, i) order as the bias
         kv, kv_pool = self.kv(torch.cat([x, self.norm(x_)], 1)).split([N, P], 1)
         k, v = kv.chunk(2, -1)  # (B, N, C) each
         k_pool, v_pool = kv_pool.chunk(2, -1)  # (B, P, C) each
@@ -859,7 +905,7 @@ class AggregatedAttention(nn.Module):
         # pooled: similarities + bias, (B, h, N, P)
         k_pool = _normalize(k_pool.reshape(B, P, h, d), dim=-1).permute(0, 2, 3, 1)  # (B, h, d, P)
         v_pool = F.pad(v_pool.reshape(B, P, h, d).transpose(1, 2), (0, 0, 0, L))  # (B, h, P + L, d): 0 for local
-        bias = sliced_bias(graph_bias_table(self, (H, W), pool, x), (H, W), pool)  # (1, h, N, P)
+        bias = pooled_bias(self, (H, W), pool, x)  # (1, h, N, P)
         pooled = q_scaled.transpose(1, 2) @ k_pool
         attn = self.attn_drop(torch.cat([pooled + bias.to(pooled.dtype), local.to(pooled.dtype)], -1).softmax(-1))
 
@@ -936,10 +982,12 @@ class Attention(nn.Module):
         """The forward while exporting or compiling (see :meth:`AggregatedAttention._forward_graph`)."""
         B, N, C = x.shape
         h, d = self.num_heads, self.head_dim
-        q, k, v = (t.reshape(B, N, h, d).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))  # (B, h, N, d) each
+        q, k, v = self.qkv(x).chunk(3, -1)  # (B, N, C) each
+        q = q.reshape(B, N, h, d).transpose(1, 2)  # (B, h, N, d)
+        k, v = (t.reshape(B, H, W, C).transpose(1, 2).reshape(B, N, h, d).transpose(1, 2) for t in (k, v))  # (x, y)
         scale = F.softplus(self.temperature) * _cached(_log_length, N, x.device, self.temperature.dtype)
         q, k = (_normalize(q, dim=-1) + self.query_embedding) * scale, _normalize(k, dim=-1)
-        bias = sliced_bias(graph_bias_table(self, (H, W), (H, W), x), (H, W), (H, W))  # (1, h, N, N)
+        bias = pooled_bias(self, (H, W), (H, W), x)  # (1, h, N, N), keys in (x, y) order as k and v
         sims = q @ k.transpose(-2, -1)
         attn = self.attn_drop((sims + bias.to(sims.dtype)).softmax(-1))
         return self.proj_drop(self.proj((attn @ v.to(attn.dtype)).transpose(1, 2).reshape(B, N, C)))
