@@ -661,3 +661,50 @@ def test_compiled_training_gradients_equal_eager():
         assert (a - b).abs().max() < 1e-4
     for a, b in zip(g_compiled, g_eager):
         assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.export
+def test_openvino_small_file_equal_outputs(tmp_path):
+    """OpenVINO converts the traced model (as Ultralytics does) and folds constants: its file stays at the size of the
+    weights (it stored the per-pair bias and query_embedding x scale per position before) and computes the same."""
+    ov = pytest.importorskip("openvino")
+    m = _small_backbone()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(1, 3, 256, 320)
+    traced = torch.jit.trace(m, (x,), strict=False, check_trace=False)
+    ov.save_model(ov.convert_model(traced, input=[tuple(x.shape)], example_input=x), tmp_path / "m.xml", False)
+    weights = sum(p.numel() for n, p in m.named_parameters() if "cpb_" not in n)
+    assert (tmp_path / "m.bin").stat().st_size < 1.06 * 4 * weights
+    got = ov.Core().compile_model(tmp_path / "m.xml", "CPU")([x.numpy()])
+    with torch.no_grad():
+        for i, ref in enumerate(m(x)):
+            assert abs(got[i] - ref.numpy()).max() < 1e-4
+
+
+@pytest.mark.export
+def test_ncnn_export_equal_outputs(tmp_path, monkeypatch):
+    """pnnx (Ultralytics' NCNN path) traces with check_trace=True and converts every operation to an NCNN layer (no
+    gather: the bias is sliced); NCNN computes the same features."""
+    pnnx, ncnn = pytest.importorskip("pnnx"), pytest.importorskip("ncnn")
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)  # pnnx leaves debug files in the working directory
+    m = _small_backbone()
+    x = torch.randn(1, 3, 64, 96)
+    names = {"pnnxparam": "m.pnnx.param", "pnnxbin": "m.pnnx.bin", "pnnxpy": "m_pnnx.py", "pnnxonnx": "m.pnnx.onnx"}
+    names |= {"ncnnparam": "m.ncnn.param", "ncnnbin": "m.ncnn.bin", "ncnnpy": "m_ncnn.py"}  # as Ultralytics names them
+    files = {k: str(tmp_path / v) for k, v in names.items()}
+    pnnx.export(m, str(tmp_path / "m.pt"), inputs=x, fp16=False, **files)
+    layers = {line.split()[0] for line in Path(files["ncnnparam"]).read_text().splitlines()[2:]}
+    assert not any(name.startswith(("torch.", "Tensor.", "F.", "aten::")) for name in layers), layers
+    net = ncnn.Net()
+    net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = net.opt.use_fp16_packed = False
+    net.load_param(files["ncnnparam"])
+    net.load_model(files["ncnnbin"])
+    ex = net.create_extractor()
+    ex.input("in0", ncnn.Mat(x[0].numpy()).clone())
+    with torch.no_grad():
+        for i, ref in enumerate(m(x)):
+            ret, out = ex.extract(f"out{i}")
+            assert ret == 0 and abs(np.array(out) - ref[0].numpy()).max() < 1e-4
