@@ -456,14 +456,15 @@ def test_traced_sizes_are_python_ints(monkeypatch):
     """While tracing (ONNX export), map sizes reach the geometry tables as ints: traced tensor sizes defeated the
     de-duplication of relative coordinates (bias tables of every pair: the 640 px export exceeded ONNX's 2 GB)."""
     seen = []
-    geometry = T.cpb_geometry
-    monkeypatch.setattr(T, "cpb_geometry", lambda size, *a: seen.append(size) or geometry(size, *a))
+    rows = T._axis_rows
+    monkeypatch.setattr(T, "_axis_rows", lambda n, p: seen.append((n, p)) or rows(n, p))
     blk = T.TransNeXtBlock(64, num_heads=2).eval()
     x = torch.randn(1, 64, 12, 16)
+    T.clear_caches()
     with torch.no_grad():
         traced = torch.jit.trace(blk, (x,), check_trace=False)
+        assert seen and all(type(v) is int for pair in seen for v in pair)
         torch.testing.assert_close(traced(x), blk(x))
-    assert seen and all(type(s) is int for size in seen for s in size)
 
 
 # ----------------------------------------------------- graph modes: export (tracing) and torch.compile, NCNN/OpenVINO

@@ -31,6 +31,14 @@ pooling (map sizes divisible by the pooled size, e.g. any multiple of 32 as inpu
 of the small table of distinct values, with the pooled keys in reversed order, so no gather at all. In inference the
 Convolutional GLU also runs in chunks of map rows. Inputs of any size work: a pooled size that would be 0 (maps
 smaller than ``sr``) is clamped to 1, where the official code fails.
+
+Graphs (tracing for ONNX, OpenVINO and NCNN exports; ``torch.compile``) take ``_forward_graph``: the same math as plain
+tensor operations without chunks, caches, in-place updates or branches on the autograd state (no graph breaks, stable
+traces). The pooled-path bias is computed at run time from the small per-block table of the bias MLP (a constant of
+the traced graph, computed outside the trace; part of the compiled graph, differentiable) by two gathers with per-axis
+indices (:func:`graph_bias`; slices for NCNN, which has no gather). A run-time zero from the input anchors the table,
+so that converters, which evaluate every node with constant inputs, cannot store the per-pair bias of every block
+(that made 640 px files exceed ONNX's 2 GB): exported files stay near the size of the weights.
 """
 
 from __future__ import annotations
@@ -66,7 +74,11 @@ __all__ = [
     "checkpoint_filter_fn",
     "cpb_geometry",
     "gather_bias",
+    "graph_bias",
+    "graph_bias_table",
     "local_geometry",
+    "pooled_bias",
+    "sliced_bias",
     "strided_bias",
 ]
 
@@ -472,15 +484,16 @@ def _map_size(x: torch.Tensor) -> tuple[int, int]:
 
 
 def _grad_or_graph(table: torch.Tensor) -> bool:
-    """True when autograd, tracing, export or compilation is active: use plain gathers then (no strided views)."""
-    return (torch.is_grad_enabled() and table.requires_grad) or _building_graph()
+    """True when autograd reaches the bias table: use plain gathers then (no strided views). (Graph modes take
+    ``_forward_graph`` and never get here.)"""
+    return torch.is_grad_enabled() and table.requires_grad
 
 
 def _fused_kernel(x: torch.Tensor, dropout: bool, table: torch.Tensor) -> bool:
     """True where attention goes through PyTorch's fused kernel (``scaled_dot_product_attention``): CPU inference, and
-    on GPUs training too (their kernels differentiate the additive mask); never with attention dropout or in graphs.
+    on GPUs training too (their kernels differentiate the additive mask); never with attention dropout.
     On the CPU, training keeps the explicit softmax (as fast there, and it differentiates the strided bias view)."""
-    if dropout or _building_graph():
+    if dropout:
         return False
     return x.device.type != "cpu" or not _grad_or_graph(table)
 
@@ -488,11 +501,7 @@ def _fused_kernel(x: torch.Tensor, dropout: bool, table: torch.Tensor) -> bool:
 def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int, device: torch.device | None = None) -> int:
     """Map rows per chunk of the pooled attention, so its (B, h, rows * W, P) similarities stay cache-sized on the CPU;
     on GPUs chunks only bound memory (a few large kernels, not a Python loop over small chunks).
-
-    All rows at once when tracing/exporting/compiling, so graphs stay small (the result is the same).
     """
-    if _building_graph():
-        return size[0]
     budget = _CHUNK_ELEMENTS if device is None or device.type == "cpu" else _CHUNK_ELEMENTS_GPU
     return max(1, min(size[0], budget // max(1, batch * heads * size[1] * p)))
 
