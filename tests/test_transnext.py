@@ -381,26 +381,6 @@ def test_no_fixed_device_and_dtype():
         assert all(f.dtype == torch.float64 for f in out)
 
 
-@pytest.mark.slow
-def test_onnx_matches_onnxruntime(tmp_path):
-    """Every code path (aggregated attention in stages 1-3, full attention in stage 4) exported with opset 17; stage 3
-    is cut to 2 of its 15 identical blocks to keep the TorchScript export fast (the full micro exports the same way)."""
-    ort = pytest.importorskip("onnxruntime")
-    torch.manual_seed(0)
-    model = _perturb(T.TransNeXt("micro")).eval()
-    model.block3 = model.block3[:2]
-    x = torch.randn(1, 3, 64, 96)
-    path = tmp_path / "transnext_micro.onnx"
-    torch.onnx.export(model, (x,), str(path), opset_version=17, input_names=["images"], dynamo=False)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"images": x.numpy()})
-    with torch.no_grad():
-        ref = model(x)
-    for a, b in zip(got, ref):
-        assert a.shape == tuple(b.shape)
-        assert abs(a - b.numpy()).max() < 1e-4
-
-
 # ----------------------------------------------------------------------------------------------------------- blocks
 
 
@@ -476,11 +456,256 @@ def test_traced_sizes_are_python_ints(monkeypatch):
     """While tracing (ONNX export), map sizes reach the geometry tables as ints: traced tensor sizes defeated the
     de-duplication of relative coordinates (bias tables of every pair: the 640 px export exceeded ONNX's 2 GB)."""
     seen = []
-    geometry = T.cpb_geometry
-    monkeypatch.setattr(T, "cpb_geometry", lambda size, *a: seen.append(size) or geometry(size, *a))
+    rows = T._axis_rows
+    monkeypatch.setattr(T, "_axis_rows", lambda n, p: seen.append((n, p)) or rows(n, p))
     blk = T.TransNeXtBlock(64, num_heads=2).eval()
     x = torch.randn(1, 64, 12, 16)
+    T.clear_caches()
     with torch.no_grad():
         traced = torch.jit.trace(blk, (x,), check_trace=False)
+        assert seen and all(type(v) is int for pair in seen for v in pair)
         torch.testing.assert_close(traced(x), blk(x))
-    assert seen and all(type(s) is int for size in seen for s in size)
+
+
+# ----------------------------------------------------- graph modes: export (tracing) and torch.compile, NCNN/OpenVINO
+
+
+def _small_backbone(seed: int = 0) -> T.TransNeXt:
+    """Micro with one block per stage: every code path (aggregated attention in stages 1-3, full in 4), fast to trace."""
+    torch.manual_seed(seed)
+    m = _perturb(T.TransNeXt("micro"), seed=seed).eval()
+    for i in range(1, 5):
+        setattr(m, f"block{i}", getattr(m, f"block{i}")[:1])
+    return m
+
+
+def _graph_mode(monkeypatch, mode: str) -> None:
+    """Run the graph-mode code path eagerly (as torch.compile / the tracer would record it)."""
+    monkeypatch.setattr(T, "_graph_mode", lambda: mode)
+
+
+@pytest.mark.parametrize("n,p", [(16, 2), (13, 6), (7, 7), (20, 7), (3, 1), (40, 20), (9, 4)])
+def test_axis_rows_address_every_pair(n, p):
+    """The graph-mode table holds, for key j and query q, twice their relative coordinate at the contiguous slot
+    (parity, start + q): what sliced_bias reads."""
+    lo, step, size, rows = T._axis_rows(n, p)
+    values = [lo + step * u for u in range(size)]
+    bounds = T._pool_bounds(n, p)
+    for j, (par, start) in enumerate(rows):
+        for q in range(n):
+            u = start + q if step == 2 else 2 * (start + q) + par
+            assert values[u] == 2 * q - (bounds[j][0] + bounds[j][1] - 1)
+    index = T._axis_index(n, p, torch.device("cpu"))
+    assert index.tolist() == [[2 * (s + q) + par if step == 1 else s + q for par, s in rows] for q in range(n)]
+    if n % p == 0:  # uniform pooling: exactly the distinct values (the eager table)
+        assert size == len(T._axis_table(n, p, 14)[0])
+
+
+@pytest.mark.parametrize(
+    "size,pool", [((16, 24), (2, 3)), ((13, 7), (6, 3)), ((5, 9), (5, 9)), ((20, 28), (7, 7)), ((3, 5), (1, 1))]
+)
+def test_graph_bias_equals_eager_bias(size, pool, monkeypatch):
+    """The bias gathered (ONNX, OpenVINO, compile) or sliced (NCNN) from the graph-mode table equals the eager bias
+    (keys in (j, i) order), values and gradients (compiled, the table is computed in the graph, differentiable);
+    traced, the table is a constant of the same values."""
+    torch.manual_seed(0)
+    m = _perturb(T.AggregatedAttention(32, 2, sr_ratio=2, pretrain_size=7)).train()
+    params = [m.cpb_fc1.weight, m.cpb_fc1.bias, m.cpb_fc2.weight, m.cpb_fc2.bias]
+    table, ih, iw = T._bias_table(m, size, pool, torch.device("cpu"))
+    eager = T.gather_bias(table, ih, iw, 0, size[0]).unflatten(-1, pool).transpose(-1, -2).flatten(-2)  # keys (j, i)
+    g = torch.randn(eager.shape)
+    grads_eager = torch.autograd.grad((eager * g).sum(), params)
+
+    x = torch.randn(1, size[0] * size[1], 32)
+    _graph_mode(monkeypatch, "compile")
+    for fn in (T.graph_bias, T.sliced_bias):
+        graph = fn(T.graph_bias_table(m, size, pool, x), size, pool)
+        assert graph.shape == (1, *eager.shape)
+        assert (graph[0] - eager).abs().max() < 1e-5
+        for a, b in zip(torch.autograd.grad((graph[0] * g).sum(), params), grads_eager):
+            assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+    _graph_mode(monkeypatch, "trace")
+    traced = T.pooled_bias(m, size, pool, x)
+    assert not traced.requires_grad and (traced[0] - eager).abs().max() < 1e-5
+
+
+# blocks as in the micro backbone: (dim, heads, mlp ratio, sr ratio, pretrain map size)
+_STAGES = {1: (48, 2, 8, 8, 56), 3: (192, 8, 4, 2, 14), 4: (384, 16, 4, 1, 7)}
+
+
+@pytest.mark.parametrize("mode", ["trace", "compile"])
+@pytest.mark.parametrize("stage,hw", [(1, (16, 24)), (1, (13, 7)), (3, (4, 6)), (4, (3, 5))])
+def test_graph_forward_equals_naive(mode, stage, hw, monkeypatch):
+    """The graph-mode forward (plain tensor operations, no chunks or caches) equals the naive oracle; compiled with
+    gradients too."""
+    dim, heads, mlp, sr, ref = _STAGES[stage]
+    torch.manual_seed(stage)
+    blk = _perturb(T.Block(dim, heads, 3, mlp, sr_ratio=sr, pretrain_size=ref), seed=stage)
+    x = torch.randn(2, hw[0] * hw[1], dim)
+    _graph_mode(monkeypatch, mode)
+    with torch.no_grad():
+        assert (blk.eval()(x, *hw) - naive.block(blk, x, *hw)).abs().max() < 1e-5
+    if mode == "compile":
+        params = list(blk.train().parameters())
+        g1 = torch.autograd.grad(blk(x, *hw).square().sum(), params)
+        g2 = torch.autograd.grad(naive.block(blk, x, *hw).square().sum(), params)
+        for a, b in zip(g1, g2):
+            assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+
+
+def test_graph_neck_block_equals_eager(monkeypatch):
+    """Fixed pooled size (non-uniform pooling: both parities of the table) in a neck block."""
+    blk = _perturb(T.TransNeXtBlock(64, num_heads=2)).eval()
+    x = torch.randn(1, 64, 13, 19)
+    with torch.no_grad():
+        ref = blk(x)
+        _graph_mode(monkeypatch, "trace")
+        assert (blk(x) - ref).abs().max() < 1e-5
+
+
+def test_trace_check_passes_with_cold_caches():
+    """pnnx (NCNN export) traces with ``check_trace=True``: two traces must record the same graph. They differed when
+    the first trace computed the size tables and the second read them from the cache, and with in-place GELU chosen
+    by the autograd state. Frozen weights, as in Ultralytics' exporter."""
+    m = _small_backbone()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(1, 3, 64, 96)
+    T.clear_caches()
+    traced = torch.jit.trace(m, (x,), check_trace=True)
+    with torch.no_grad():
+        for a, b in zip(traced(x), m(x)):
+            assert (a - b).abs().max() < 1e-5
+
+
+def _initializer_bytes(model) -> tuple[int, int]:
+    """(total bytes of the ONNX initializers, elements of the largest one)."""
+    import numpy as np
+    import onnx
+
+    sizes = [
+        (int(np.prod(t.dims)), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
+        for t in model.graph.initializer
+    ]
+    return sum(n * b for n, b in sizes), max(n for n, _ in sizes)
+
+
+@pytest.mark.slow
+def test_onnx_small_file_equal_outputs(tmp_path):
+    """ONNX export (as Ultralytics calls it: TorchScript exporter, constant folding, then onnxslim) at a non-square size
+    where the per-pair bias used to be stored as constants (+50 % of the weights here): the initializers stay at the
+    size of the parameters, the largest constant is a weight, and ONNX Runtime computes the same features."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    onnxslim = pytest.importorskip("onnxslim")
+    m = _small_backbone()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(1, 3, 256, 320)
+    path = tmp_path / "transnext.onnx"
+    torch.onnx.export(m, (x,), str(path), opset_version=18, input_names=["images"], dynamo=False)
+    weights = sum(p.numel() for n, p in m.named_parameters() if "cpb_" not in n)  # the bias MLP: stored as tables
+    largest_weight = max(p.numel() for p in m.parameters())
+    for model in (onnx.load(path), onnxslim.slim(onnx.load(path))):
+        total, largest = _initializer_bytes(model)
+        assert total < 1.06 * 4 * weights, (total, 4 * weights)
+        assert largest <= largest_weight
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = m(x)
+    for a, b in zip(sess.run(None, {"images": x.numpy()}), ref):
+        assert a.shape == tuple(b.shape)
+        assert abs(a - b.numpy()).max() < 1e-4
+
+
+@pytest.mark.compile
+def test_compile_has_no_graph_breaks():
+    """torch._dynamo.explain on the eval backbone and a neck block: no graph break, also after eager runs filled the
+    caches (reading them used to break the graph: warnings filters, torch.equal on the weights)."""
+    m, blk = _small_backbone(), _perturb(T.TransNeXtBlock(64, num_heads=2)).eval()
+    for module, x in ((m, torch.randn(1, 3, 64, 96)), (blk, torch.randn(1, 64, 9, 13))):
+        with torch.no_grad():
+            module(x)
+            torch._dynamo.reset()
+            explained = torch._dynamo.explain(module)(x)
+        assert explained.graph_break_count == 0, [str(r.reason)[:200] for r in explained.break_reasons]
+        assert explained.graph_count == 1
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("stage,hw", [(1, (16, 24)), (4, (2, 3))])
+def test_compiled_block_equals_eager(stage, hw):
+    """torch.compile (inductor) of an aggregated-attention block and a full-attention block: equal outputs. (Whole
+    backbones take ~10 min to compile here; the graph is the same code.)"""
+    dim, heads, mlp, sr, ref = _STAGES[stage]
+    torch.manual_seed(stage)
+    blk = _perturb(T.Block(dim, heads, 3, mlp, sr_ratio=sr, pretrain_size=ref), seed=stage).eval()
+    x = torch.randn(1, hw[0] * hw[1], dim)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert (torch.compile(blk, dynamic=False)(x, *hw) - blk(x, *hw)).abs().max() < 1e-4
+
+
+@pytest.mark.compile
+def test_compiled_training_gradients_equal_eager():
+    """A training step of the backbone through dynamo and AOTAutograd (backend aot_eager: the graph and its backward
+    that inductor would compile): features and gradients equal eager ones."""
+    m = _small_backbone().train()
+    x = torch.randn(2, 3, 64, 96)
+    params = list(m.parameters())
+    torch._dynamo.reset()
+    compiled = torch.compile(m, backend="aot_eager", dynamic=False)
+    y_eager, y_compiled = m(x), compiled(x)
+    g_eager = torch.autograd.grad(sum(f.square().mean() for f in y_eager), params)
+    g_compiled = torch.autograd.grad(sum(f.square().mean() for f in y_compiled), params)
+    for a, b in zip(y_compiled, y_eager):
+        assert (a - b).abs().max() < 1e-4
+    for a, b in zip(g_compiled, g_eager):
+        assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.export
+def test_openvino_small_file_equal_outputs(tmp_path):
+    """OpenVINO converts the traced model (as Ultralytics does) and folds constants: its file stays at the size of the
+    weights (it stored the per-pair bias and query_embedding x scale per position before) and computes the same."""
+    ov = pytest.importorskip("openvino")
+    m = _small_backbone()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(1, 3, 256, 320)
+    traced = torch.jit.trace(m, (x,), strict=False, check_trace=False)
+    ov.save_model(ov.convert_model(traced, input=[tuple(x.shape)], example_input=x), tmp_path / "m.xml", False)
+    weights = sum(p.numel() for n, p in m.named_parameters() if "cpb_" not in n)
+    assert (tmp_path / "m.bin").stat().st_size < 1.06 * 4 * weights
+    got = ov.Core().compile_model(tmp_path / "m.xml", "CPU")([x.numpy()])
+    with torch.no_grad():
+        for i, ref in enumerate(m(x)):
+            assert abs(got[i] - ref.numpy()).max() < 1e-4
+
+
+@pytest.mark.export
+def test_ncnn_export_equal_outputs(tmp_path, monkeypatch):
+    """pnnx (Ultralytics' NCNN path) traces with check_trace=True and converts every operation to an NCNN layer (no
+    gather: the bias is sliced); NCNN computes the same features."""
+    pnnx, ncnn = pytest.importorskip("pnnx"), pytest.importorskip("ncnn")
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)  # pnnx leaves debug files in the working directory
+    m = _small_backbone()
+    x = torch.randn(1, 3, 64, 96)
+    names = {"pnnxparam": "m.pnnx.param", "pnnxbin": "m.pnnx.bin", "pnnxpy": "m_pnnx.py", "pnnxonnx": "m.pnnx.onnx"}
+    names |= {"ncnnparam": "m.ncnn.param", "ncnnbin": "m.ncnn.bin", "ncnnpy": "m_ncnn.py"}  # as Ultralytics names them
+    files = {k: str(tmp_path / v) for k, v in names.items()}
+    pnnx.export(m, str(tmp_path / "m.pt"), inputs=x, fp16=False, **files)
+    layers = {line.split()[0] for line in Path(files["ncnnparam"]).read_text().splitlines()[2:]}
+    assert not any(name.startswith(("torch.", "Tensor.", "F.", "aten::")) for name in layers), layers
+    net = ncnn.Net()
+    net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = net.opt.use_fp16_packed = False
+    net.load_param(files["ncnnparam"])
+    net.load_model(files["ncnnbin"])
+    ex = net.create_extractor()
+    ex.input("in0", ncnn.Mat(x[0].numpy()).clone())
+    with torch.no_grad():
+        for i, ref in enumerate(m(x)):
+            ret, out = ex.extract(f"out{i}")
+            assert ret == 0 and abs(np.array(out) - ref[0].numpy()).max() < 1e-4

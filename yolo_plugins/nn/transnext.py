@@ -31,14 +31,24 @@ pooling (map sizes divisible by the pooled size, e.g. any multiple of 32 as inpu
 of the small table of distinct values, with the pooled keys in reversed order, so no gather at all. In inference the
 Convolutional GLU also runs in chunks of map rows. Inputs of any size work: a pooled size that would be 0 (maps
 smaller than ``sr``) is clamped to 1, where the official code fails.
+
+Graphs (tracing for ONNX, OpenVINO and NCNN exports; ``torch.compile``) take ``_forward_graph``: the same math as plain
+tensor operations without chunks, caches, in-place updates or branches on the autograd state (no graph breaks, stable
+traces). The pooled-path bias is computed at run time from the small per-block table of the bias MLP (a constant of
+the traced graph, computed outside the trace; part of the compiled graph, differentiable) by two gathers with per-axis
+indices (:func:`graph_bias`; slices for NCNN, which has no gather). A run-time zero from the input anchors the table,
+so that converters, which evaluate every node with constant inputs, cannot store the per-pair bias of every block
+(that made 640 px files exceed ONNX's 2 GB): exported files stay near the size of the weights.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -64,7 +74,11 @@ __all__ = [
     "checkpoint_filter_fn",
     "cpb_geometry",
     "gather_bias",
+    "graph_bias",
+    "graph_bias_table",
     "local_geometry",
+    "pooled_bias",
+    "sliced_bias",
     "strided_bias",
 ]
 
@@ -137,6 +151,16 @@ def local_geometry(
         return mask.to(device, dtype), scale.to(device, dtype)
 
 
+@lru_cache(maxsize=64)
+def _window_bound(size: tuple[int, int], window: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(N, window**2): +inf where the window position lies inside the map, -inf outside; ``min(similarity, bound)``
+    masks the zero padding in graph modes (one tensor per size, shared by the blocks of a stage in exported files)."""
+    with torch.inference_mode(False), torch.no_grad():
+        valid = F.unfold(torch.ones(1, 1, *size), window, padding=window // 2)[0].t()  # (N, window**2)
+        bound = torch.full_like(valid, float("inf")).masked_fill_(valid == 0, float("-inf"))
+        return bound.to(device, dtype)
+
+
 @lru_cache(maxsize=256)
 def _log_length(n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     with torch.inference_mode(False), torch.no_grad():
@@ -147,20 +171,26 @@ def clear_caches() -> None:
     """Drop every cached size-dependent table (e.g. to free memory after inference at many sizes)."""
     cpb_geometry.cache_clear()
     local_geometry.cache_clear()
+    _window_bound.cache_clear()
+    _axis_index.cache_clear()
     _log_length.cache_clear()
     _WORKSPACE.__dict__.pop("buffers", None)
 
 
-def _cpb_mlp(fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: torch.Tensor) -> torch.Tensor:
+def _cpb_mlp(
+    fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: torch.Tensor, budget: int | None = None
+) -> torch.Tensor:
     """The bias MLP on every (dh, dw) pair of the product table: (Uh,), (Uw,) -> (heads, Uh, Uw).
 
     fc1 is linear in (dh, dw), so it is split per axis; the (Uh * Uw, 512) hidden layer is then built and reduced by fc2
-    in slices of a few MB (the unsliced hidden layer is ~200 MB for stage 1 at 640x640 and dominated the runtime).
+    in slices of ``budget`` elements (default: a few MB on CPUs; the unsliced hidden layer is ~200 MB for stage 1 at
+    640x640 and dominated the runtime).
     """
     w1 = fc1.weight  # (hidden, 2)
     a = coords_h.to(w1.dtype)[:, None] * w1[:, 0] + fc1.bias  # (Uh, hidden)
     b = coords_w.to(w1.dtype)[:, None] * w1[:, 1]  # (Uw, hidden)
-    budget = 1 << 20 if a.device.type == "cpu" else 1 << 26  # cache-sized slices on CPUs; GPUs: bound memory only
+    if budget is None:
+        budget = 1 << 20 if a.device.type == "cpu" else 1 << 26  # cache-sized slices on CPUs; GPUs: bound memory only
     rows = max(1, budget // (b.shape[0] * b.shape[1]))
     out = [fc2((a[r : r + rows, None] + b).relu_()) for r in range(0, a.shape[0], rows)]  # (rows, Uw, heads) each
     return torch.cat(out, 0).permute(2, 0, 1).contiguous()  # (heads, Uh, Uw)
@@ -212,14 +242,11 @@ def _bias_table(module: nn.Module, size, pool, device) -> tuple[torch.Tensor, to
     params = [module.cpb_fc1.weight, module.cpb_fc1.bias, module.cpb_fc2.weight, module.cpb_fc2.bias]
     key = (size, pool, device, dtype)
     cache: _BiasCache = module.__dict__.setdefault("_bias_cache", _BiasCache())
-    # read in inference, also while an (eval, frozen) graph is built: an export then takes the table a dry run at its
-    # size cached, as a constant; tracing the bias MLP instead folds its (Uh * Uw, 512) hidden layer into constants
-    # (over 2 GB at 640, beyond ONNX's limit). Written in eager inference only.
-    readable = _BiasCache.readable(module)
+    readable = _BiasCache.readable(module)  # eager inference (graph modes use graph_bias_table)
     t = cache.get(key, params) if readable else None
     if t is None:
         t = _cpb_mlp(module.cpb_fc1, module.cpb_fc2, ch, cw)
-        if readable and not _building_graph():
+        if readable:
             cache.put(key, params, t)
     return t, index_h, index_w
 
@@ -261,14 +288,188 @@ def strided_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, in
     return t.as_strided((heads, H, W, ph, pw), (uh * uw, uw, 1, kh * uw, kw))
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Graph modes (tracing for ONNX/OpenVINO/NCNN export, torch.compile): the same bias, computed as a graph can hold it
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _axis_rows(n: int, p: int) -> tuple[int, int, int, list[tuple[int, int]]]:
+    """Layout of one axis of the graph-mode bias table (pure Python, O(p): cheap to trace and to compile).
+
+    Twice the relative coordinate of query ``q`` and pooled key ``j`` is ``2q - c_j`` (``c_j``: twice the centre of
+    key j's pooling window), an integer. The table holds the values ``lo + step * u`` for ``u < size``: every value
+    in range, or every other one when all ``c_j`` have the same parity (always with uniform pooling; the table then
+    holds exactly the distinct values). For each key the queries 0..n-1 then read ``size`` entries that are
+    contiguous in one parity half of the table: ``rows[j] = (parity, start)``, i.e. ``u = 2 * (start + q) + parity``
+    for ``step == 1`` and ``u = start + q`` (parity 0) for ``step == 2``.
+
+    Returns:
+        ``(lo, step, size, rows)``.
+    """
+    centres = [s + e - 1 for s, e in _pool_bounds(n, p)]
+    lo, hi = -max(centres), 2 * (n - 1) - min(centres)
+    step = 2 if len({c % 2 for c in centres}) == 1 else 1
+    rows = [((-c - lo) % 2, (-c - lo) // 2) if step == 1 else (0, (-c - lo) // 2) for c in centres]
+    return lo, step, (hi - lo) // step + 1, rows
+
+
+def _graph_coords(n: int, p: int, ref: int, device: torch.device) -> torch.Tensor:
+    """Log-spaced relative coordinates of the graph-mode table along one axis, (size,) float32 (see
+    :func:`_axis_rows`); the same float operations as :func:`_axis_table` on the same integers."""
+    lo, step, size, _ = _axis_rows(n, p)
+    v = torch.arange(size, device=device, dtype=torch.float32) * step + lo  # 2 * relative coordinate, exact
+    coords = v / 2 / (ref - 1) * 8
+    return torch.sign(coords) * torch.log2(coords.abs() + 1.0) / math.log2(8)
+
+
+@contextmanager
+def _untraced():
+    """Suspend the TorchScript tracer: what is computed inside enters the traced graph as a constant."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
+def _anchored(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` plus a zero computed from the input at run time (x's first element times 0; x is finite here) while
+    tracing; ``t`` otherwise.
+
+    Graph converters (torch.onnx's constant folding, onnxslim, OpenVINO, pnnx) evaluate every node whose inputs are
+    all constants and store the result. Some such results are much larger than their inputs: the per-pair bias
+    (heads, N, P) gathered from the small table (stored per block, it took the 640 px file over 2 GB), or OpenVINO's
+    rewrite of ``(q + query_embedding) * scale`` into ``q * scale + (query_embedding * scale)`` with a (N, C) product
+    per block. Anchoring the small input to the image keeps such nodes run-time operations.
+    """
+    return t + x[:1, :1, :1] * 0 if _graph_mode() == "trace" else t
+
+
+def graph_bias_table(module: nn.Module, size: tuple[int, int], pool: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+    """The bias MLP on the graph-mode table (:func:`_axis_rows` per axis): (1, heads, Rh, Rw), in x's dtype.
+
+    Traced (exports): computed outside the trace from the current weights, so the graph holds the small table as a
+    constant (tracing the MLP would let converters fold its (Rh * Rw, 512) hidden layer into a constant), and anchored
+    to the input by :func:`_anchored`. Compiled: computed in the graph, differentiable like the eager table.
+    """
+
+    def table(**kwargs) -> torch.Tensor:
+        ch = _graph_coords(size[0], pool[0], module.pretrain_size[0], x.device)
+        cw = _graph_coords(size[1], pool[1], module.pretrain_size[1], x.device)
+        return _cpb_mlp(module.cpb_fc1, module.cpb_fc2, ch, cw, **kwargs).to(x.dtype).unsqueeze(0)
+
+    if _graph_mode() != "trace":
+        return table(budget=1 << 24)
+    with _untraced(), torch.no_grad():
+        t = table()
+    return _anchored(t, x)
+
+
+@lru_cache(maxsize=64)
+def _axis_index(n: int, p: int, device: torch.device) -> torch.Tensor:
+    """(n, p) int64: the slot in the graph-mode table axis (see :func:`_axis_rows`) of query q and pooled key j."""
+    _, step, _, rows = _axis_rows(n, p)
+    with torch.inference_mode(False), torch.no_grad():
+        parity, start = (torch.tensor(v, device=device) for v in zip(*rows))
+        q = torch.arange(n, device=device)[:, None]
+        return start + q if step == 2 else (start + q) * 2 + parity
+
+
+def graph_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int]) -> torch.Tensor:
+    """Pooled-path bias of every (query, key) pair from the graph-mode table: (1, heads, Rh, Rw) -> (1, heads, N, P),
+    queries in (y, x) order, keys in **(j, i)** (column-major) order.
+
+    Two gathers with small per-axis indices, (H * pH) and (W * pW): the rows every query row needs (small), then per
+    query column its keys' columns. One pass over the output, and no index as large as the output exists.
+    """
+    (H, W), (ph, pw) = size, pool
+    heads, rw = table.shape[1], table.shape[3]
+    index_h = _cached(_axis_index, H, ph, table.device).reshape(-1)
+    index_w = _cached(_axis_index, W, pw, table.device).reshape(-1)
+    rows = table.index_select(2, index_h).reshape(1, heads, H, ph, rw).transpose(3, 4)  # (1, heads, H, Rw, pH)
+    return rows.index_select(3, index_w).reshape(1, heads, H * W, pw * ph)
+
+
+def _parity_halves(t: torch.Tensor, dim: int, step: int) -> list[torch.Tensor]:
+    """[t] for ``step == 2``; else the even and odd entries of t along ``dim`` (padded to an even length), each
+    contiguous in the result (a reshape and two selects, no strided slice: NCNN has none)."""
+    if step == 2:
+        return [t]
+    n = t.shape[dim]
+    if n % 2:
+        t = torch.cat([t, t.narrow(dim, 0, 1)], dim)  # any value: the extra entry is never read
+    t = t.unflatten(dim, ((n + 1) // 2, 2))
+    return [t.select(dim + 1, 0), t.select(dim + 1, 1)]
+
+
+def sliced_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int]) -> torch.Tensor:
+    """:func:`graph_bias` without gathers, for NCNN (which has none): (1, heads, Rh, Rw) -> (1, heads, N, P), keys in
+    (j, i) order.
+
+    The bias of key column j over all query columns is a contiguous slice of (one parity half of) the table's columns
+    (see :func:`_axis_rows`), likewise for rows: pW + pH slices stacked. Every tensor has a leading batch dimension of
+    1 and at most 4 more (what pnnx/NCNN handle: pnnx takes the first dimension as the batch).
+    """
+    (H, W), (ph, pw) = size, pool
+    _, step_h, _, rows = _axis_rows(H, ph)
+    _, step_w, _, cols = _axis_rows(W, pw)
+    heads = table.shape[1]
+    per_row_parity = []
+    for half in _parity_halves(table, 2, step_h):  # (1, heads, Rh', Rw) per row parity
+        halves = _parity_halves(half, 3, step_w)
+        per_row_parity.append(torch.stack([halves[par][..., s : s + W] for par, s in cols], -1))  # (.., Rh', W, pW)
+    out = [per_row_parity[par][:, :, s : s + H].reshape(1, heads, H * W, pw) for par, s in rows]
+    return torch.stack(out, -1).reshape(1, heads, H * W, pw * ph)
+
+
+def _tracing_for_ncnn() -> bool:
+    """True while pnnx (the NCNN converter Ultralytics calls) traces the model: it takes :func:`sliced_bias`."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("pnnx"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def pooled_bias(module: nn.Module, size: tuple[int, int], pool: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+    """Graph-mode pooled-path bias of ``module``: (1, heads, N, P), keys in (j, i) order (:func:`graph_bias`)."""
+    table = graph_bias_table(module, size, pool, x)
+    sliced = _graph_mode() == "trace" and _tracing_for_ncnn()
+    return (sliced_bias if sliced else graph_bias)(table, size, pool)
+
+
+def _graph_mode() -> str | None:
+    """How the forward is being recorded: ``"compile"`` under dynamo (``torch.compile``, ``torch.export``),
+    ``"trace"`` under the TorchScript tracer (``torch.jit.trace``, ``torch.onnx.export(dynamo=False)`` as Ultralytics
+    calls it, and the OpenVINO and pnnx/NCNN converters, which trace first), None in eager runs."""
+    if getattr(torch.compiler, "is_compiling", lambda: False)():
+        return "compile"
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return "trace"
+    return None
+
+
 def _building_graph() -> bool:
     """True while tracing, scripting, exporting to ONNX or compiling: no caches, views or data-dependent branches."""
-    return (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-        or getattr(torch.compiler, "is_compiling", lambda: False)()
-    )
+    return _graph_mode() is not None
+
+
+def _normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``F.normalize(x, dim=dim)`` in operations every converter knows (pnnx has no ``clamp_min``)."""
+    return x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp(min=1e-12)
+
+
+def _cached(fn, *args):
+    """``fn(*args)`` of an ``lru_cache``'d geometry function in graph modes. Traced: outside the trace, so the result
+    is a constant whether or not it was cached before (a first trace would otherwise record the computation and a
+    second read the cache: pnnx's trace check fails on the difference). Compiled: its uncached body (small tensor
+    operations that compile into the graph; dynamo would warn about the cache wrapper)."""
+    if _graph_mode() == "compile":
+        return fn.__wrapped__(*args)
+    with _untraced():
+        return fn(*args)
 
 
 def _map_size(x: torch.Tensor) -> tuple[int, int]:
@@ -283,15 +484,16 @@ def _map_size(x: torch.Tensor) -> tuple[int, int]:
 
 
 def _grad_or_graph(table: torch.Tensor) -> bool:
-    """True when autograd, tracing, export or compilation is active: use plain gathers then (no strided views)."""
-    return (torch.is_grad_enabled() and table.requires_grad) or _building_graph()
+    """True when autograd reaches the bias table: use plain gathers then (no strided views). (Graph modes take
+    ``_forward_graph`` and never get here.)"""
+    return torch.is_grad_enabled() and table.requires_grad
 
 
 def _fused_kernel(x: torch.Tensor, dropout: bool, table: torch.Tensor) -> bool:
     """True where attention goes through PyTorch's fused kernel (``scaled_dot_product_attention``): CPU inference, and
-    on GPUs training too (their kernels differentiate the additive mask); never with attention dropout or in graphs.
+    on GPUs training too (their kernels differentiate the additive mask); never with attention dropout.
     On the CPU, training keeps the explicit softmax (as fast there, and it differentiates the strided bias view)."""
-    if dropout or _building_graph():
+    if dropout:
         return False
     return x.device.type != "cpu" or not _grad_or_graph(table)
 
@@ -299,11 +501,7 @@ def _fused_kernel(x: torch.Tensor, dropout: bool, table: torch.Tensor) -> bool:
 def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int, device: torch.device | None = None) -> int:
     """Map rows per chunk of the pooled attention, so its (B, h, rows * W, P) similarities stay cache-sized on the CPU;
     on GPUs chunks only bound memory (a few large kernels, not a Python loop over small chunks).
-
-    All rows at once when tracing/exporting/compiling, so graphs stay small (the result is the same).
     """
-    if _building_graph():
-        return size[0]
     budget = _CHUNK_ELEMENTS if device is None or device.type == "cpu" else _CHUNK_ELEMENTS_GPU
     return max(1, min(size[0], budget // max(1, batch * heads * size[1] * p)))
 
@@ -410,7 +608,7 @@ def _mask_workspace(shape: tuple[int, int, int], dtype: torch.dtype, device: tor
 
 def _activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """act(x) for a freshly computed x: in place when it is a GELU and autograd is off (one large buffer fewer)."""
-    if type(act) is nn.GELU and not torch.is_grad_enabled():
+    if type(act) is nn.GELU and not (torch.is_grad_enabled() or _building_graph()):
         return torch.ops.aten.gelu_(x, approximate=act.approximate)
     return act(x)
 
@@ -510,7 +708,7 @@ class ConvolutionalGLU(nn.Module):
         """Inference in chunks of map rows (plus one halo row each side for the 3x3 conv, whose outputs are dropped),
         so the (B, N, hidden) activations never exist whole: every buffer is cache-sized and reused, GELU and the gate
         run in place. Same result as the plain path."""
-        B, N, _ = x.shape
+        B = x.shape[0]
         rows = max(1, min(H, _CHUNK_ELEMENTS_MLP // max(1, B * W * w1.shape[0])))
         out = []
         for y0 in range(0, H, rows):
@@ -602,6 +800,8 @@ class AggregatedAttention(nn.Module):
         return max(H // self.sr_ratio, 1), max(W // self.sr_ratio, 1)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        if _building_graph():
+            return self._forward_graph(x, H, W)
         B, N, C = x.shape
         h, d, ws = self.num_heads, self.head_dim, self.window_size
         pool = self.pooled_size(H, W)
@@ -678,6 +878,55 @@ class AggregatedAttention(nn.Module):
         x = out[0] if len(out) == 1 else torch.cat(out, 1)
         return self.proj_drop(self.proj(x.reshape(B, N, C)))
 
+    def _forward_graph(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """The forward while exporting or compiling: the same attention as plain operations on tensors of at most 4
+        dimensions besides the batch (NCNN's limit), without chunks, caches, in-place updates or branches on the
+        autograd state; the pooled-path bias comes from :func:`pooled_bias` (pooled keys in its (j, i) order), one
+        softmax runs over [pooled | local] similarities."""
+        B, N, C = x.shape
+        h, d, ws = self.num_heads, self.head_dim, self.window_size
+        pool = self.pooled_size(H, W)
+        P, L = pool[0] * pool[1], self.local_len
+        _, seq_scale = _cached(local_geometry, (H, W), ws, P, x.device, self.q.weight.dtype)
+        bound = _cached(_window_bound, (H, W), ws, x.device, self.q.weight.dtype)  # min(similarity, bound) masks
+
+        q_norm = _normalize(self.q(x).view(B, N, h, d), dim=-1)
+        temp = F.softplus(self.temperature).view(h, 1)
+        q_scaled = (q_norm + self.query_embedding.view(h, d)) * (temp * _anchored(seq_scale, x))  # (B, N, h, d)
+
+        # keys/values of the tokens and of the pooled map (sr -> GELU -> adaptive average pool -> LayerNorm) from one
+        # kv projection of both (two would store kv's weight twice in simplified ONNX files)
+        x_ = self.act(F.linear(x, self.sr.weight.view(C, C), self.sr.bias))
+        x_ = F.adaptive_avg_pool2d(x_.reshape(B, H, W, C).permute(0, 3, 1, 2), pool)  # (B, C, pH, pW)
+        x_ = x_.transpose(2, 3).flatten(2).transpose(1, 2)  # (B, P, C), keys in (j, i) order as the bias
+        kv, kv_pool = self.kv(torch.cat([x, self.norm(x_)], 1)).split([N, P], 1)
+        k, v = kv.chunk(2, -1)  # (B, N, C) each
+        k_pool, v_pool = kv_pool.chunk(2, -1)  # (B, P, C) each
+
+        # local: similarities with the nine shifted views of the zero-padded keys, (B, h, N, L)
+        pad = ws // 2
+        k_pad = F.pad(_normalize(k.reshape(B, N, h, d), dim=-1).reshape(B, H, W, C), (0, 0, pad, pad, pad, pad))
+        v_pad = F.pad(v.reshape(B, H, W, C), (0, 0, pad, pad, pad, pad))  # (B, H + 2p, W + 2p, C)
+        shifts = [(i, j) for i in range(ws) for j in range(ws)]
+        local = [(q_scaled * k_pad[:, i : i + H, j : j + W].reshape(B, N, h, d)).sum(-1) for i, j in shifts]
+        local = torch.minimum(torch.stack(local, -1).transpose(1, 2) + self.relative_pos_bias_local.unsqueeze(1), bound)
+
+        # pooled: similarities + bias, (B, h, N, P)
+        k_pool = _normalize(k_pool.reshape(B, P, h, d), dim=-1).permute(0, 2, 3, 1)  # (B, h, d, P)
+        v_pool = F.pad(v_pool.reshape(B, P, h, d).transpose(1, 2), (0, 0, 0, L))  # (B, h, P + L, d): 0 for local
+        bias = pooled_bias(self, (H, W), pool, x)  # (1, h, N, P)
+        pooled = q_scaled.transpose(1, 2) @ k_pool
+        attn = self.attn_drop(torch.cat([pooled + bias.to(pooled.dtype), local.to(pooled.dtype)], -1).softmax(-1))
+
+        # outputs: pooled values, and the local aggregation with query-learnable tokens + bias added to the weights
+        x_pool = (attn @ v_pool.to(attn.dtype)).transpose(1, 2)  # (B, N, h, d)
+        w_local = attn[..., P:] + (q_norm.transpose(1, 2) @ self.learnable_tokens + self.learnable_bias)
+        w_local = w_local.transpose(1, 2)  # (B, N, h, L)
+        out = x_pool
+        for s, (i, j) in enumerate(shifts):
+            out = out + w_local[..., s : s + 1] * v_pad[:, i : i + H, j : j + W].reshape(B, N, h, d)
+        return self.proj_drop(self.proj(out.reshape(B, N, C)))
+
     def extra_repr(self) -> str:
         pool = f"pool_size={self.pool_size}" if self.pool_size is not None else f"sr_ratio={self.sr_ratio}"
         return f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, {pool}"
@@ -722,6 +971,8 @@ class Attention(nn.Module):
         self.cpb_fc2 = nn.Linear(512, num_heads, bias=True)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        if _building_graph():
+            return self._forward_graph(x, H, W)
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         table, index_h, index_w = _bias_table(self, (H, W), (H, W), x.device)
@@ -735,6 +986,20 @@ class Attention(nn.Module):
             attn = _bias_matmul(bias, q, k.transpose(-2, -1)).softmax(dim=-1)
             x = self.attn_drop(attn) @ v
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+
+    def _forward_graph(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """The forward while exporting or compiling (see :meth:`AggregatedAttention._forward_graph`)."""
+        B, N, C = x.shape
+        h, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).chunk(3, -1)  # (B, N, C) each
+        q = q.reshape(B, N, h, d).transpose(1, 2)  # (B, h, N, d)
+        k, v = (t.reshape(B, H, W, C).transpose(1, 2).reshape(B, N, h, d).transpose(1, 2) for t in (k, v))  # (x, y)
+        scale = F.softplus(self.temperature) * _cached(_log_length, N, x.device, self.temperature.dtype)
+        q, k = (_normalize(q, dim=-1) + self.query_embedding) * scale, _normalize(k, dim=-1)
+        bias = pooled_bias(self, (H, W), (H, W), x)  # (1, h, N, N), keys in (x, y) order as k and v
+        sims = q @ k.transpose(-2, -1)
+        attn = self.attn_drop((sims + bias.to(sims.dtype)).softmax(-1))
+        return self.proj_drop(self.proj((attn @ v.to(attn.dtype)).transpose(1, 2).reshape(B, N, C)))
 
 
 class Block(nn.Module):
