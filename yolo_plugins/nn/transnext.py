@@ -151,6 +151,12 @@ def clear_caches() -> None:
     _WORKSPACE.__dict__.pop("buffers", None)
 
 
+def _on_cpu(device: torch.device) -> bool:
+    """The one device decision: CPU code paths (cache-sized chunks, explicit softmax with autograd) or those of other
+    devices (tests force the latter on the CPU by patching this; the list is in docs/precision.md)."""
+    return device.type == "cpu"
+
+
 def _cpb_mlp(fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: torch.Tensor) -> torch.Tensor:
     """The bias MLP on every (dh, dw) pair of the product table: (Uh,), (Uw,) -> (heads, Uh, Uw).
 
@@ -160,7 +166,7 @@ def _cpb_mlp(fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: t
     w1 = fc1.weight  # (hidden, 2)
     a = coords_h.to(w1.dtype)[:, None] * w1[:, 0] + fc1.bias  # (Uh, hidden)
     b = coords_w.to(w1.dtype)[:, None] * w1[:, 1]  # (Uw, hidden)
-    budget = 1 << 20 if a.device.type == "cpu" else 1 << 26  # cache-sized slices on CPUs; GPUs: bound memory only
+    budget = 1 << 20 if _on_cpu(a.device) else 1 << 26  # cache-sized slices on CPUs; GPUs: bound memory only
     rows = max(1, budget // (b.shape[0] * b.shape[1]))
     out = [fc2((a[r : r + rows, None] + b).relu_()) for r in range(0, a.shape[0], rows)]  # (rows, Uw, heads) each
     return torch.cat(out, 0).permute(2, 0, 1).contiguous()  # (heads, Uh, Uw)
@@ -210,7 +216,9 @@ def _bias_table(module: nn.Module, size, pool, device) -> tuple[torch.Tensor, to
     ch, cw, index_h, index_w = cpb_geometry(size, pool, module.pretrain_size, device)
     dtype = _autocast_dtype(device)
     params = [module.cpb_fc1.weight, module.cpb_fc1.bias, module.cpb_fc2.weight, module.cpb_fc2.bias]
-    key = (size, pool, device, dtype)
+    # the weights' dtype too: torch.equal finds a half copy equal to its float original, so after .half() then
+    # .float() the half-precision table would be served to the float model
+    key = (size, pool, device, dtype, module.cpb_fc2.weight.dtype)
     cache: _BiasCache = module.__dict__.setdefault("_bias_cache", _BiasCache())
     # read in inference, also while an (eval, frozen) graph is built: an export then takes the table a dry run at its
     # size cached, as a constant; tracing the bias MLP instead folds its (Uh * Uw, 512) hidden layer into constants
@@ -293,7 +301,7 @@ def _fused_kernel(x: torch.Tensor, dropout: bool, table: torch.Tensor) -> bool:
     On the CPU, training keeps the explicit softmax (as fast there, and it differentiates the strided bias view)."""
     if dropout or _building_graph():
         return False
-    return x.device.type != "cpu" or not _grad_or_graph(table)
+    return not _on_cpu(x.device) or not _grad_or_graph(table)
 
 
 def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int, device: torch.device | None = None) -> int:
@@ -304,7 +312,7 @@ def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int, device: t
     """
     if _building_graph():
         return size[0]
-    budget = _CHUNK_ELEMENTS if device is None or device.type == "cpu" else _CHUNK_ELEMENTS_GPU
+    budget = _CHUNK_ELEMENTS if device is None or _on_cpu(device) else _CHUNK_ELEMENTS_GPU
     return max(1, min(size[0], budget // max(1, batch * heads * size[1] * p)))
 
 
@@ -499,7 +507,7 @@ class ConvolutionalGLU(nn.Module):
         # so the depthwise conv reads the first one as a channels-last map without a copy
         (w1, w2), (b1, b2) = self.fc1.weight.chunk(2), self.fc1.bias.chunk(2)
         dropout = self.training and self.drop.p > 0
-        if x.device.type == "cpu" and not (torch.is_grad_enabled() or _building_graph() or dropout):
+        if _on_cpu(x.device) and not (torch.is_grad_enabled() or _building_graph() or dropout):
             return self._forward_rows(x, H, W, w1, b1, w2, b2)  # cache-sized chunks pay on CPUs only
         x, v = F.linear(x, w1, b1), F.linear(x, w2, b2)
         x = self.dwconv(x, H, W)

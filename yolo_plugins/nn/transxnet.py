@@ -295,6 +295,9 @@ class OSRA(nn.Module):
         if _exporting():
             out = self._attend(q, k, v, bias)
         else:  # PyTorch's fused attention: scale, bias, softmax and the value product in one cache-blocked kernel
+            # (it needs unit stride along the channels; NCHW maps of a YAML neck have not, and PyTorch's fallback then
+            # materialises the N x M logits and, on CPUs, runs half precision in float32)
+            q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
             p = self.attn_drop.p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         return out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last map
