@@ -28,6 +28,7 @@ from yolo_plugins.tools.precision import (
     no_grad_autocast,
     perturb,
     relative_errors,
+    tensors,
 )
 
 LOW = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -138,3 +139,16 @@ def test_backbone_every_dtype(name, dtype):
 def test_model_every_dtype(name, dtype):
     """Fused whole models, as Ultralytics validates and predicts (the half path: ``model.half()`` and half images)."""
     check_every_dtype(name, (dtype,), exact=dtype == "float16")
+
+
+@pytest.mark.parametrize("name", ["transnext_micro", "transxnet_t", "TransNeXtBlock[64]", "TransXNetBlock[64]"])
+def test_caches_follow_the_device(name):
+    """A model moved in place after a CPU run (its per-module and global size caches filled) computes on its new
+    device: no cached CPU table is served to it (the meta device stands in for a GPU: no values, but devices are
+    checked by every op)."""
+    _, model, x = _setup(name)
+    with torch.no_grad():
+        model(x)
+        model.to("meta")
+        out = tensors(model(x.to("meta")))
+    assert out and all(t.device.type == "meta" for t in out)

@@ -70,6 +70,14 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
+def _autocast(device: torch.device) -> bool:
+    """Autocast is on for ``device`` (False for device types without autocast, e.g. meta)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:
+        return False
+
+
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference BatchNorm as a per-channel (scale, shift)."""
     scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
@@ -98,7 +106,7 @@ def _dw_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     as written.
     """
     if (
-        torch.is_autocast_enabled(x.device.type)
+        _autocast(x.device)
         or x.dtype not in (torch.float32, torch.float64)
         or x.dtype != conv.weight.dtype
     ):
@@ -162,7 +170,7 @@ class _ResizeCache:
             enc.dtype,
             enc.data_ptr(),
             enc._version,
-            torch.is_autocast_enabled(enc.device.type),
+            _autocast(enc.device),
             torch.is_inference_mode_enabled(),
         )
         out = self.store.get(key)
@@ -446,7 +454,7 @@ class DMixer(nn.Module):
     def _ste(self, x: torch.Tensor) -> torch.Tensor:
         """The STE branch ``proj(x)``; in inference its BatchNorms are folded into the 1x1 convs."""
         p = self.proj
-        if self.training or torch.is_autocast_enabled(x.device.type):
+        if self.training or _autocast(x.device):
             return p(x)
         x = p[1](p[0](x))
         w, b = _fold_1x1(p[3], pre=p[2])
@@ -511,7 +519,7 @@ class MultiScaleDWConv(nn.Module):
         if (
             torch.is_grad_enabled()
             or _exporting()
-            or torch.is_autocast_enabled(x.device.type)
+            or _autocast(x.device)
             or x.dtype not in (torch.float32, torch.float64)
         ):
             return self.forward(x) + x
@@ -543,7 +551,7 @@ class MSFFN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_autocast_enabled(x.device.type):
+        if self.training or _autocast(x.device):
             x = self.fc1(x)
             x = self.norm(self.act(self.dwconv(x) + x))
             return self.drop(self.fc2(self.drop(x)))
