@@ -10,7 +10,7 @@ trainer, validator and predictor code of the installed release takes the branch 
   the EMA model with ``model.half()`` and feed half-precision images (``args.half = device.type != "cpu" and amp``);
   8.4.x keeps float32 weights and runs half-precision images under autocast (``args.quantize = 16``). The trainer's
   device is replaced, during validation only, by :class:`GPULikeDevice`: the string "cpu" (which every tensor
-  ``.to()`` accepts) whose ``type`` compares unequal to "cpu" and is not in any set of accelerator names.
+  ``.to()`` accepts) whose ``type`` is neither "cpu" nor any accelerator's name.
 * :func:`gpu_half_backend`: ``AutoBackend(fp16=True)`` for PyTorch models, which 8.4.x drops on the CPU ("PyTorch CPU
   FP16 is slow") but honours on GPUs (``model.half()``, half-precision inputs); 8.3.x honours it on the CPU too.
 """
@@ -23,16 +23,21 @@ import torch
 
 
 class _NotCPU(str):
-    """A device type string equal to "cpu" for hashing and set membership, but ``!= "cpu"`` (a GPU's answer)."""
+    """A device type that is neither "cpu" (``==``, ``!=``, set membership) nor any accelerator's name, while being
+    the string "cpu" to everything that only reads it (hash, printing)."""
+
+    def __eq__(self, other):
+        return False if other == "cpu" else str.__eq__(self, other)
 
     def __ne__(self, other):
-        return True if other == "cpu" else str.__ne__(self, other)
+        return not self.__eq__(other)
 
     __hash__ = str.__hash__
 
 
 class GPULikeDevice(str):
-    """The CPU as a device string whose ``type`` says "not the CPU" to ``device.type != "cpu"`` checks."""
+    """The CPU as a device string (every tensor ``.to()`` accepts it) whose ``type`` says "not the CPU" to
+    ``device.type != "cpu"`` checks and matches no accelerator name (no CUDA synchronisation is attempted)."""
 
     type = _NotCPU("cpu")
     index = None
@@ -129,3 +134,13 @@ def gpu_half_backend(monkeypatch) -> dict:
 
     monkeypatch.setattr(AutoBackend, "__init__", init)
     return seen
+
+
+def gpu_exporter(monkeypatch) -> None:
+    """Ultralytics' exporter on a :class:`GPULikeDevice`: it then takes its GPU branch for ``half=True`` (TorchScript
+    and ONNX: ``model.half()`` and a half-precision input before tracing), which it refuses (TorchScript) or replaces
+    by a float16 conversion of the float32 graph (ONNX, 8.4.x) on a CPU."""
+    import ultralytics.engine.exporter as exporter_mod
+
+    select = exporter_mod.select_device
+    monkeypatch.setattr(exporter_mod, "select_device", lambda *a, **k: GPULikeDevice(str(select(*a, **k))))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "Fusable",
+    "addcmul",
     "DropPath",
     "channels_last",
     "map_to_tokens",
@@ -39,6 +40,15 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) in channels-last memory (a no-op if it already is): the backbones run their convs in this layout,
     where oneDNN's depthwise and large-kernel convs are several times faster than in NCHW and token views are free."""
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def addcmul(t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``t + a * b``: one fused ``torch.addcmul`` in eager runs, written out while tracing or exporting. PyTorch's ONNX
+    exporter emits ``addcmul`` with a float32 constant and casts, so a half-precision graph (``export(half=True)`` on a
+    GPU) mixes float16 and float32 and ONNX Runtime refuses to load it."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return t + a * b
+    return torch.addcmul(t, a, b)
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:

@@ -345,7 +345,8 @@ def _window_aggregate(w: torch.Tensor, v_pad: torch.Tensor, y0: int, y1: int) ->
     out = w[..., 0, :] * v_pad[:, y0:y1, 0:W]
     for s in range(1, L):
         i, j = divmod(s, ws)
-        out.addcmul_(w[..., s, :], v_pad[:, y0 + i : y1 + i, j : j + W])
+        term = v_pad[:, y0 + i : y1 + i, j : j + W]
+        out = out + w[..., s, :] * term if _building_graph() else out.addcmul_(w[..., s, :], term)  # see addcmul
     return out.view(B, n, h, -1)
 
 

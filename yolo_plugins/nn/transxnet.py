@@ -44,7 +44,7 @@ from torch import nn
 
 from ..errors import PluginError
 from .backbone import Backbone, FeatureInfo
-from .layers import CSPBlock, DropPath, channels_last, drop_path_rates, map_to_tokens
+from .layers import CSPBlock, DropPath, addcmul, channels_last, drop_path_rates, map_to_tokens
 from .registry import register_module
 
 __all__ = [
@@ -113,7 +113,7 @@ def _dw_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return _dwconv(conv, x) + x
     k = conv.kernel_size[0]
     if k == 1:
-        return torch.addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1) + 1)
+        return addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1) + 1)
     eye = torch.zeros_like(conv.weight[:1, :1])
     eye[..., k // 2, k // 2] = 1
     return F.conv2d(x, conv.weight + eye, conv.bias, 1, k // 2, groups=conv.groups)
@@ -530,7 +530,7 @@ class MultiScaleDWConv(nn.Module):
 def _dwconv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A depthwise conv; the 1x1 one as a per-channel affine (PyTorch runs grouped 1x1 convs group by group)."""
     if conv.kernel_size == (1, 1):
-        return torch.addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1))
+        return addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1))
     return conv(x)
 
 
@@ -579,7 +579,7 @@ class LayerScale(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias.reshape(1, -1, 1, 1), x, self.weight.reshape(1, -1, 1, 1))
+        return addcmul(self.bias.reshape(1, -1, 1, 1), x, self.weight.reshape(1, -1, 1, 1))
 
 
 @register_module(channels="same")
