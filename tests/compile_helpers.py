@@ -58,3 +58,15 @@ def graph_breaks(model: torch.nn.Module, *inputs: torch.Tensor, plugin_dir: str 
         frames = _frames(getattr(r, "user_stack", None))
         out.append(GraphBreak(str(getattr(r, "reason", r)), frames, any(plugin_dir in f for f in frames)))
     return out
+
+
+def shorten_backbones(model: torch.nn.Module) -> torch.nn.Module:
+    """Cut the long third stage of TransNeXt / TransXNet backbones inside ``model`` to two blocks (in place; returns
+    it). Graph building (Dynamo, TorchScript tracing, ONNX export) then takes minutes less; every code path stays, the
+    blocks of a stage being identical."""
+    for m in model.modules():
+        if hasattr(m, "block3") and len(m.block3) > 2:
+            m.block3 = m.block3[:2]
+        if type(m).__name__ == "TransXNet" and len(m.network[4]) > 2:
+            m.network[4] = m.network[4][:2]
+    return model

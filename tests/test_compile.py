@@ -20,7 +20,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compile_helpers import graph_breaks
+from compile_helpers import graph_breaks, shorten_backbones
 
 from yolo_plugins.tools.precision import CASES, build_case, perturb
 
@@ -37,22 +37,12 @@ KNOWN_BREAKS = {("transnext", "warm"): "12 graph breaks at 64 px: 'Attempted to 
 COMPILE_TOL = 1e-4
 
 
-def _cut(model: torch.nn.Module) -> torch.nn.Module:
-    """Shorten the third stage of a TransNeXt / TransXNet backbone to two blocks (fewer blocks for Dynamo to trace)."""
-    for m in model.modules():
-        if hasattr(m, "block3") and len(m.block3) > 2:
-            m.block3 = m.block3[:2]
-        if type(m).__name__ == "TransXNet" and len(m.network[4]) > 2:
-            m.network[4] = m.network[4][:2]
-    return model
-
-
 def _model(family: str) -> torch.nn.Module:
     from yolo_plugins.tools.shapes import build_model
 
     torch.manual_seed(0)
     name = "yolov8n.yaml" if family == "stock" else f"yolov8n-{family}.yaml"
-    return perturb(_cut(build_model(name))).eval().fuse(verbose=False)
+    return perturb(shorten_backbones(build_model(name))).eval().fuse(verbose=False)
 
 
 def _plugin_breaks(model, x) -> list:
@@ -85,8 +75,22 @@ def test_no_graph_breaks_in_models(family, state):
 BLOCKS = [n for n, c in CASES.items() if c.kind == "block"]
 
 
-@pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("name", BLOCKS)
+BLOCK_CASES = [
+    pytest.param(
+        name,
+        mode,
+        id=f"{name}-{mode}",
+        # the same inference bias cache as the backbone's (KNOWN_BREAKS): 4 breaks per block measured at 12x20
+        marks=pytest.mark.xfail(strict=True, reason="4 graph breaks: inference bias cache read (see KNOWN_BREAKS)")
+        if CASES[name].family == "transnext" and mode == "eval" and name.split("[")[0] != "ConvGLU"
+        else (),
+    )
+    for name in BLOCKS
+    for mode in ("eval", "train")
+]
+
+
+@pytest.mark.parametrize("name,mode", BLOCK_CASES)
 def test_no_graph_breaks_in_blocks(name, mode):
     case = CASES[name]
     torch.manual_seed(0)
@@ -130,7 +134,7 @@ def test_ultralytics_compile_true(family, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))
     yolo = YOLO(f"yolov8n-{family}.yaml")
-    _cut(yolo.model)
+    shorten_backbones(yolo.model)
     yolo.train(
         data=str(data), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", plots=False, val=False,
         compile=True, project=str(tmp_path), name="c", verbose=False,

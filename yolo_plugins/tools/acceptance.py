@@ -144,7 +144,13 @@ def _amp_dtypes(fam: _Family, cfg: Settings) -> str:
     share = rec.share(torch.float16)
     if share < 0.99:
         raise AssertionError(f"only {share:.1%} of the multiply-adds in float16 under autocast: {rec.summary()}")
-    return f"{share:.2%} of the training multiply-adds in float16"
+    return f"{share:.2%} of the training multiply-adds in float16{_kernels(rec)}"
+
+
+def _kernels(rec) -> str:
+    """The fused-attention kernels PyTorch chose (flash, memory-efficient, cuDNN, or none: the math fallback)."""
+    names = sorted({c.op.removeprefix("_scaled_dot_product_") for c in rec.calls if "attention" in c.op})
+    return f"; attention kernels: {', '.join(names)}" if names else ""
 
 
 def _tensors(out) -> list[torch.Tensor]:
@@ -212,7 +218,7 @@ def _half_compute(fam: _Family, cfg: Settings) -> str:
     err = max(relative_errors(out, ref))
     if not err <= HALF_TOL:
         raise AssertionError(f"float16 differs from float32 by {err:.1e} of a layer's scale (> {HALF_TOL:g})")
-    return f"all products in float16, worst layer {err:.1e} of its scale"
+    return f"all products in float16, worst layer {err:.1e} of its scale{_kernels(rec)}"
 
 
 @contextlib.contextmanager
