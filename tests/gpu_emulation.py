@@ -11,8 +11,11 @@ trainer, validator and predictor code of the installed release takes the branch 
   8.4.x keeps float32 weights and runs half-precision images under autocast (``args.quantize = 16``). The trainer's
   device is replaced, during validation only, by :class:`GPULikeDevice`: the string "cpu" (which every tensor
   ``.to()`` accepts) whose ``type`` is neither "cpu" nor any accelerator's name.
-* :func:`gpu_half_backend`: ``AutoBackend(fp16=True)`` for PyTorch models, which 8.4.x drops on the CPU ("PyTorch CPU
-  FP16 is slow") but honours on GPUs (``model.half()``, half-precision inputs); 8.3.x honours it on the CPU too.
+* :func:`gpu_half_backend`: ``AutoBackend(fp16=True)`` for PyTorch models, which 8.4.190 drops on the CPU ("PyTorch
+  CPU FP16 is slow") but honours on GPUs (``model.half()``, half-precision inputs); 8.3.100 and 8.4.100 honour it on
+  the CPU too.
+* :func:`gpu_exporter`: the exporter's ``half=True`` branch of GPUs (``model.half()`` traced), through the same
+  device string.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ def gpu_half_backend(monkeypatch) -> dict:
     def init(self, *args, fp16: bool = False, **kwargs):
         original(self, *args, fp16=fp16, **kwargs)
         backend = self.__dict__.get("backend")
-        if fp16 and not self.fp16 and backend is not None and getattr(self, "format", "") == "pt":  # 8.4.x on a CPU
+        if fp16 and not self.fp16 and backend is not None and getattr(self, "format", "") == "pt":  # 8.4.190, CPU
             backend.fp16 = True
             backend.model.half()
         if fp16 and self.fp16:

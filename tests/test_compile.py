@@ -105,20 +105,20 @@ def test_no_graph_breaks_in_blocks(name, mode):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_compiled_equals_eager(family):
-    """Ultralytics' ``attempt_compile`` (inductor) on the fused eval model: every layer's output equals eager within
-    COMPILE_TOL of its scale; a second input size recompiles and still matches."""
+    """Ultralytics' ``attempt_compile`` (inductor) on the fused eval model: every output equals eager within
+    COMPILE_TOL of its scale."""
     from ultralytics.utils.torch_utils import attempt_compile
 
     from yolo_plugins.tools.precision import relative_errors, tensors
 
     model = _model(family)
     compiled = attempt_compile(copy.deepcopy(model), device=torch.device("cpu"), mode=True)
-    for hw in ((64, 64), (64, 96)):
-        x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(sum(hw)))
-        with torch.no_grad():
-            ref, out = tensors(model(x)), tensors(compiled(x))
-        err = max(relative_errors(out, ref))
-        assert err <= COMPILE_TOL, f"{family} {hw}: compiled differs from eager by {err:.1e} of the output scale"
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, out = tensors(model(x)), tensors(compiled(x))
+    err = max(relative_errors(out, ref))
+    print(f"{family}: compiled vs eager {err:.1e}")
+    assert err <= COMPILE_TOL, f"{family}: compiled differs from eager by {err:.1e} of the output scale"
 
 
 @pytest.mark.slow

@@ -172,8 +172,12 @@ def test_transnext_blocks_against_oracle(gpu, backbone, mode, grad):
     assert gpu["sink_softmax"] > 0 and gpu["shared_softmax"] == 0 and gpu["glu_rows"] == 0
 
 
+def _some(modes: list[str], default: str) -> list:
+    return [m if m == default else pytest.param(m, marks=pytest.mark.precision) for m in modes]
+
+
 @pytest.mark.parametrize("chunk", ["one row", "gpu budget"])
-@pytest.mark.parametrize("mode", ["float32", "float16", "autocast-bfloat16"])
+@pytest.mark.parametrize("mode", _some(["float32", "float16", "autocast-bfloat16"], "float16"))
 def test_transnext_gpu_chunks(gpu, mode, chunk, monkeypatch):
     """The GPU's chunking (``_CHUNK_ELEMENTS_GPU``: here every row at once) and the smallest chunks (one map row) on a
     neck block pooled by sr_ratio (non-uniform pooling: the gathered bias)."""
@@ -187,7 +191,7 @@ def test_transnext_gpu_chunks(gpu, mode, chunk, monkeypatch):
     assert gpu["sink_softmax"] > 0
 
 
-@pytest.mark.parametrize("mode", ["float32", "float16", "autocast-float16"])
+@pytest.mark.parametrize("mode", _some(["float32", "float16", "autocast-float16"], "autocast-float16"))
 def test_transnext_fused_kernel_with_math_backend(gpu, backbone, mode):
     """PyTorch may pick another attention kernel on a GPU (e.g. math for the sink's odd head size d + 1): the fused
     paths give the same with the math kernel forced."""
@@ -226,8 +230,17 @@ def _xnaive(m, x):
     return xnaive.naive_block(sd, "b", x, 2, 2, m.token_mixer.relative_pos_enc)
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("mode,grad", GRID)
+XNET_DEFAULT = {("float32", True), ("float16", False), ("autocast-float16", True)}
+XNET_GRID = [
+    pytest.param(mode, grad, layout, id=f"{mode}-{'grad' if grad else 'infer'}-{layout}",
+                 marks=() if (mode, grad) in XNET_DEFAULT and layout == "nchw" else pytest.mark.precision)
+    for mode in MODES
+    for grad in (False, True)
+    for layout in ("nchw", "channels_last")
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode,grad,layout", XNET_GRID)
 def test_transxnet_block_against_oracle(mode, grad, layout):
     """A TransXNet block (OSRA through the fused kernel, IDConv, MS-FFN and STE with their inference folds) in every
     dtype mode, on NCHW maps (YAML necks) and channels-last maps (the backbone), against the naive oracle."""
@@ -238,7 +251,7 @@ def test_transxnet_block_against_oracle(mode, grad, layout):
     _compare(blk, x, lambda m, t: m(t), _xnaive, mode, grad, f"TransXNetBlock {layout}")
 
 
-@pytest.mark.parametrize("mode", ["float32", "float16", "autocast-float16"])
+@pytest.mark.parametrize("mode", _some(["float32", "float16", "autocast-float16"], "autocast-float16"))
 def test_transxnet_osra_with_math_backend(mode):
     blk = _xnet_block(1)
     x = torch.randn(2, 64, 12, 20, generator=torch.Generator().manual_seed(3))

@@ -121,7 +121,8 @@ def test_block_every_dtype(name):
 
 
 # backbones and models are slow in half precision on the CPU (its float16/bfloat16 depthwise and grouped convolutions
-# run group by group): float16, Ultralytics' half precision, by default; bfloat16 and the other models with -m precision
+# run group by group): by default only the TransNeXt model in float16 (Ultralytics' half path, the family that failed);
+# the backbones, the other models and bfloat16 with -m precision
 def _heavy(names: list[str], default: list[str]) -> list:
     return [
         pytest.param(n, dt, id=f"{n}-{dt}", marks=() if n in default and dt == "float16" else pytest.mark.precision)
@@ -130,7 +131,7 @@ def _heavy(names: list[str], default: list[str]) -> list:
     ]
 
 
-@pytest.mark.parametrize("name,dtype", _heavy(BACKBONES, BACKBONES))
+@pytest.mark.parametrize("name,dtype", _heavy(BACKBONES, []))
 def test_backbone_every_dtype(name, dtype):
     check_every_dtype(name, (dtype,), exact=dtype == "float16")
 
