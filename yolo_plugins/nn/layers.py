@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "Fusable",
+    "addcmul",
     "DropPath",
     "channels_last",
     "map_to_tokens",
@@ -45,6 +46,16 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_exporting():
         return x
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def addcmul(t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``t + a * b``: one fused ``torch.addcmul`` in eager runs, written out while tracing, scripting or exporting
+    (the same rounding: the product, then the sum). PyTorch's ONNX exporter emits ``addcmul`` with a float32 constant
+    and casts, so a half-precision graph (``export(half=True)`` on a GPU) mixed float16 and float32 and ONNX Runtime
+    refused to load it; pnnx (NCNN) has no ``addcmul`` and wrote an unloadable ``model_pnnx.py``."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return t + a * b
+    return torch.addcmul(t, a, b)
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:

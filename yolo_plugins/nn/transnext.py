@@ -177,6 +177,12 @@ def clear_caches() -> None:
     _WORKSPACE.__dict__.pop("buffers", None)
 
 
+def _on_cpu(device: torch.device) -> bool:
+    """The one device decision: CPU code paths (cache-sized chunks, explicit softmax with autograd) or those of other
+    devices (tests force the latter on the CPU by patching this; the list is in docs/precision.md)."""
+    return device.type == "cpu"
+
+
 def _cpb_mlp(
     fc1: nn.Linear, fc2: nn.Linear, coords_h: torch.Tensor, coords_w: torch.Tensor, budget: int | None = None
 ) -> torch.Tensor:
@@ -190,7 +196,7 @@ def _cpb_mlp(
     a = coords_h.to(w1.dtype)[:, None] * w1[:, 0] + fc1.bias  # (Uh, hidden)
     b = coords_w.to(w1.dtype)[:, None] * w1[:, 1]  # (Uw, hidden)
     if budget is None:
-        budget = 1 << 20 if a.device.type == "cpu" else 1 << 26  # cache-sized slices on CPUs; GPUs: bound memory only
+        budget = 1 << 20 if _on_cpu(a.device) else 1 << 26  # cache-sized slices on CPUs; GPUs: bound memory only
     rows = max(1, budget // (b.shape[0] * b.shape[1]))
     out = [fc2((a[r : r + rows, None] + b).relu_()) for r in range(0, a.shape[0], rows)]  # (rows, Uw, heads) each
     return torch.cat(out, 0).permute(2, 0, 1).contiguous()  # (heads, Uh, Uw)
@@ -240,7 +246,9 @@ def _bias_table(module: nn.Module, size, pool, device) -> tuple[torch.Tensor, to
     ch, cw, index_h, index_w = cpb_geometry(size, pool, module.pretrain_size, device)
     dtype = _autocast_dtype(device)
     params = [module.cpb_fc1.weight, module.cpb_fc1.bias, module.cpb_fc2.weight, module.cpb_fc2.bias]
-    key = (size, pool, device, dtype)
+    # the weights' dtype too: torch.equal finds a half copy equal to its float original, so after .half() then
+    # .float() the half-precision table would be served to the float model
+    key = (size, pool, device, dtype, module.cpb_fc2.weight.dtype)
     cache: _BiasCache = module.__dict__.setdefault("_bias_cache", _BiasCache())
     readable = _BiasCache.readable(module)  # eager inference (graph modes use graph_bias_table)
     t = cache.get(key, params) if readable else None
@@ -495,14 +503,14 @@ def _fused_kernel(x: torch.Tensor, dropout: bool, table: torch.Tensor) -> bool:
     On the CPU, training keeps the explicit softmax (as fast there, and it differentiates the strided bias view)."""
     if dropout:
         return False
-    return x.device.type != "cpu" or not _grad_or_graph(table)
+    return not _on_cpu(x.device) or not _grad_or_graph(table)
 
 
 def _query_rows(batch: int, heads: int, size: tuple[int, int], p: int, device: torch.device | None = None) -> int:
     """Map rows per chunk of the pooled attention, so its (B, h, rows * W, P) similarities stay cache-sized on the CPU;
     on GPUs chunks only bound memory (a few large kernels, not a Python loop over small chunks).
     """
-    budget = _CHUNK_ELEMENTS if device is None or device.type == "cpu" else _CHUNK_ELEMENTS_GPU
+    budget = _CHUNK_ELEMENTS if device is None or _on_cpu(device) else _CHUNK_ELEMENTS_GPU
     return max(1, min(size[0], budget // max(1, batch * heads * size[1] * p)))
 
 
@@ -535,7 +543,8 @@ def _window_aggregate(w: torch.Tensor, v_pad: torch.Tensor, y0: int, y1: int) ->
     out = w[..., 0, :] * v_pad[:, y0:y1, 0:W]
     for s in range(1, L):
         i, j = divmod(s, ws)
-        out.addcmul_(w[..., s, :], v_pad[:, y0 + i : y1 + i, j : j + W])
+        term = v_pad[:, y0 + i : y1 + i, j : j + W]
+        out = out + w[..., s, :] * term if _building_graph() else out.addcmul_(w[..., s, :], term)  # see addcmul
     return out.view(B, n, h, -1)
 
 
@@ -697,7 +706,7 @@ class ConvolutionalGLU(nn.Module):
         # so the depthwise conv reads the first one as a channels-last map without a copy
         (w1, w2), (b1, b2) = self.fc1.weight.chunk(2), self.fc1.bias.chunk(2)
         dropout = self.training and self.drop.p > 0
-        if x.device.type == "cpu" and not (torch.is_grad_enabled() or _building_graph() or dropout):
+        if _on_cpu(x.device) and not (torch.is_grad_enabled() or _building_graph() or dropout):
             return self._forward_rows(x, H, W, w1, b1, w2, b2)  # cache-sized chunks pay on CPUs only
         x, v = F.linear(x, w1, b1), F.linear(x, w2, b2)
         x = self.dwconv(x, H, W)

@@ -44,7 +44,7 @@ from torch import nn
 
 from ..errors import PluginError
 from .backbone import Backbone, FeatureInfo
-from .layers import CSPBlock, DropPath, channels_last, drop_path_rates, map_to_tokens
+from .layers import CSPBlock, DropPath, addcmul, channels_last, drop_path_rates, map_to_tokens
 from .registry import register_module
 
 __all__ = [
@@ -70,13 +70,12 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
-def _affine(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``b + x * w`` (per-channel scale and shift): one ``addcmul`` kernel in eager runs; two elementwise ops in
-    exported graphs (pnnx, hence NCNN, has no ``addcmul`` and wrote an unloadable ``model_pnnx.py``: the NCNN export
-    failed). The same rounding: the product is rounded, then the sum."""
-    if _exporting():
-        return x * w + b
-    return torch.addcmul(b, x, w)
+def _autocast(device: torch.device) -> bool:
+    """Autocast is on for ``device`` (False for device types without autocast, e.g. meta)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:
+        return False
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,14 +106,14 @@ def _dw_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     as written.
     """
     if (
-        torch.is_autocast_enabled(x.device.type)
+        _autocast(x.device)
         or x.dtype not in (torch.float32, torch.float64)
         or x.dtype != conv.weight.dtype
     ):
         return _dwconv(conv, x) + x
     k = conv.kernel_size[0]
     if k == 1:
-        return _affine(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1) + 1)
+        return addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1) + 1)
     eye = torch.zeros_like(conv.weight[:1, :1])
     eye[..., k // 2, k // 2] = 1
     return F.conv2d(x, conv.weight + eye, conv.bias, 1, k // 2, groups=conv.groups)
@@ -171,7 +170,7 @@ class _ResizeCache:
             enc.dtype,
             enc.data_ptr(),
             enc._version,
-            torch.is_autocast_enabled(enc.device.type),
+            _autocast(enc.device),
             torch.is_inference_mode_enabled(),
         )
         out = self.store.get(key)
@@ -306,7 +305,10 @@ class OSRA(nn.Module):
             bias = bias.to(q.dtype)
         if _exporting():  # (B, h, N, d) -> (B, C, H, W) by a 4-d reshape
             return self._attend(q, k, v, bias).transpose(-2, -1).reshape(B, C, H, W)
-        # PyTorch's fused attention: scale, bias, softmax and the value product in one cache-blocked kernel
+        # PyTorch's fused attention: scale, bias, softmax and the value product in one cache-blocked kernel (it needs
+        # unit stride along the channels; NCHW maps of a YAML neck have not, and PyTorch's fallback then materialises
+        # the N x M logits and, on CPUs, runs half precision in float32)
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         p = self.attn_drop.p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         return out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last map
@@ -462,7 +464,7 @@ class DMixer(nn.Module):
     def _ste(self, x: torch.Tensor) -> torch.Tensor:
         """The STE branch ``proj(x)``; in inference its BatchNorms are folded into the 1x1 convs."""
         p = self.proj
-        if self.training or torch.is_autocast_enabled(x.device.type):
+        if self.training or _autocast(x.device):
             return p(x)
         x = p[1](p[0](x))
         w, b = _fold_1x1(p[3], pre=p[2])
@@ -527,7 +529,7 @@ class MultiScaleDWConv(nn.Module):
         if (
             torch.is_grad_enabled()
             or _exporting()
-            or torch.is_autocast_enabled(x.device.type)
+            or _autocast(x.device)
             or x.dtype not in (torch.float32, torch.float64)
         ):
             return self.forward(x) + x
@@ -538,7 +540,7 @@ class MultiScaleDWConv(nn.Module):
 def _dwconv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A depthwise conv; the 1x1 one as a per-channel affine (PyTorch runs grouped 1x1 convs group by group)."""
     if conv.kernel_size == (1, 1):
-        return _affine(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1))
+        return addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1))
     return conv(x)
 
 
@@ -559,7 +561,7 @@ class MSFFN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_autocast_enabled(x.device.type):
+        if self.training or _autocast(x.device):
             x = self.fc1(x)
             x = self.norm(self.act(self.dwconv(x) + x))
             return self.drop(self.fc2(self.drop(x)))
@@ -587,7 +589,7 @@ class LayerScale(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _affine(self.bias.reshape(1, -1, 1, 1), x, self.weight.reshape(1, -1, 1, 1))
+        return addcmul(self.bias.reshape(1, -1, 1, 1), x, self.weight.reshape(1, -1, 1, 1))
 
 
 @register_module(channels="same")
