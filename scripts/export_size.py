@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> str:
     args = ap.parse_args(argv)
     lines = [
         f"{date.today()}; {platform.processor() or platform.machine()}; torch {torch.__version__}; "
-        f"`python scripts/export_size.py {' '.join(argv or [])}`".rstrip(),
+        f"`python scripts/export_size.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
         "",
         "| model | format | imgsz | .pt MB | exported MB | ratio |",
         "| --- | --- | --- | --- | --- | --- |",

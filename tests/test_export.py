@@ -218,14 +218,8 @@ SLOW = {
     "onnx-dynamic",
     "coreai",
 }
-# known failures, left to the helper that owns the family (the table in docs/deployment.md says the same)
-_TRANSNEXT = "TransNeXt's export path is being reworked (the 'transnext' helper): "
-XFAIL: dict[tuple[str, str], str] = {
-    ("transnext", "openvino"): _TRANSNEXT + "OpenVINO's output differs by ~35 px (ONNX of the same model agrees)",
-    ("transnext", "ncnn"): _TRANSNEXT + "pnnx's trace fails its sanity check",
-    ("transnext", "mnn"): _TRANSNEXT + "MNN's output differs by ~60 px",
-    ("transnext", "coreml"): _TRANSNEXT + "not converted yet",
-}
+# known failures (none today; a format that cannot work is refused by the module's export_unsupported instead)
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 def _matrix_params():

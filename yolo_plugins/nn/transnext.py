@@ -753,6 +753,15 @@ class AggregatedAttention(nn.Module):
             ``pretrain_size // stride`` of the stage).
     """
 
+    # MNN's converter reads the ONNX graph, which equals PyTorch, yet MNN computes something else (measured
+    # 2026-12-01, MNN 3.6.1, yolov8n-transnext at 64x96: mean |box difference| 62 px on bus.jpg, 6 px on noise,
+    # the same at MNN's low, normal and high precision)
+    export_unsupported: ClassVar[dict[str, str]] = {
+        "mnn": "MNN 3.6.1 computes TransNeXt's aggregated attention differently from PyTorch (boxes off by tens of "
+        "pixels at every MNN precision, while the ONNX file it converts matches); export to onnx, openvino or ncnn "
+        "instead",
+    }
+
     def __init__(
         self,
         dim: int,
