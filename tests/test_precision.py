@@ -13,7 +13,6 @@ whole models up to ~25 (errors add up over 20-40 layers).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import pytest
@@ -29,6 +28,7 @@ from yolo_plugins.tools.precision import (
     perturb,
     relative_errors,
     tensors,
+    within,
 )
 
 LOW = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -64,14 +64,6 @@ def _setup(name: str, seed: int = 0):
     return case, model, x
 
 
-@contextlib.contextmanager
-def _within(*managers):
-    with contextlib.ExitStack() as stack:
-        for m in managers:
-            stack.enter_context(m)
-        yield
-
-
 def check_every_dtype(name: str, dtypes: tuple[str, ...] = ("float16", "bfloat16"), exact: bool = True) -> None:
     """The whole dtype contract of one case (see the module doc) for the low ``dtypes``; ``exact``: also float32
     against float64."""
@@ -93,7 +85,7 @@ def check_every_dtype(name: str, dtypes: tuple[str, ...] = ("float16", "bfloat16
         layer_outputs(m, x)
         m.to(dt)
         rec = GemmDtypes()
-        out = layer_outputs(m, x.to(dt), lambda rec=rec: _within(rec, torch.no_grad()))
+        out = layer_outputs(m, x.to(dt), lambda rec=rec: within(rec, torch.no_grad()))
         assert {t.dtype for t in out} == {dt}, f"{name}: a {dt} model gives { {t.dtype for t in out} }"
         err = max(relative_errors(out, ref))
         assert err <= tol[dt_name], f"{name}: {dt_name} cast {err:.2e} > {tol[dt_name]:.0e}"
@@ -108,7 +100,7 @@ def check_every_dtype(name: str, dtypes: tuple[str, ...] = ("float16", "bfloat16
 
         # autocast on the float32 model: close to float32, the autocast-eligible products in the low dtype
         rec = GemmDtypes()
-        out = layer_outputs(model, x, lambda rec=rec, dt=dt: _within(rec, no_grad_autocast(dt)))
+        out = layer_outputs(model, x, lambda rec=rec, dt=dt: within(rec, no_grad_autocast(dt)))
         assert all(t.dtype in (dt, torch.float32) and torch.isfinite(t).all() for t in out)
         err = max(relative_errors(out, ref))
         assert err <= tol[dt_name], f"{name}: {dt_name} autocast {err:.2e} > {tol[dt_name]:.0e}"

@@ -15,7 +15,6 @@ reported as SKIP with the reason), so that the script cannot rot unnoticed (it i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import math
 import os
@@ -202,7 +201,7 @@ def _half_compute(fam: _Family, cfg: Settings) -> str:
     float32 layer by layer."""
     from ultralytics import YOLO
 
-    from ..tools.precision import GemmDtypes, layer_outputs, relative_errors
+    from ..tools.precision import GemmDtypes, layer_outputs, relative_errors, within
 
     device = _torch_device(cfg.device)
     model = YOLO(str(fam.best)).model.float().fuse(verbose=False).eval().to(device)
@@ -210,7 +209,7 @@ def _half_compute(fam: _Family, cfg: Settings) -> str:
     ref = layer_outputs(model, x)
     half = copy.deepcopy(model).half()
     rec = GemmDtypes()
-    out = layer_outputs(half, x.half(), lambda: _stack(rec, torch.no_grad()))
+    out = layer_outputs(half, x.half(), lambda: within(rec, torch.no_grad()))
     if {t.dtype for t in out} != {torch.float16}:
         raise AssertionError(f"a half model gives { ({t.dtype for t in out}) }")
     if rec.share(torch.float16) < 1.0:
@@ -219,14 +218,6 @@ def _half_compute(fam: _Family, cfg: Settings) -> str:
     if not err <= HALF_TOL:
         raise AssertionError(f"float16 differs from float32 by {err:.1e} of a layer's scale (> {HALF_TOL:g})")
     return f"all products in float16, worst layer {err:.1e} of its scale{_kernels(rec)}"
-
-
-@contextlib.contextmanager
-def _stack(*managers):
-    with contextlib.ExitStack() as stack:
-        for m in managers:
-            stack.enter_context(m)
-        yield
 
 
 def _onnx_half(fam: _Family, cfg: Settings, work: Path) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "perturb",
     "relative_errors",
     "tensors",
+    "within",
 ]
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
@@ -164,6 +165,15 @@ def relative_errors(out: Any, ref: Any) -> list[float]:
         diff = (a - b).abs().max().item() if b.numel() else 0.0
         errs.append(diff / scale if scale > 0 else diff)
     return errs
+
+
+@contextlib.contextmanager
+def within(*managers):
+    """Enter every context manager in ``managers`` (a context factory for :func:`layer_outputs`)."""
+    with contextlib.ExitStack() as stack:
+        for m in managers:
+            stack.enter_context(m)
+        yield
 
 
 def layer_outputs(model: nn.Module, x: torch.Tensor, context: Callable[[], Any] | None = None) -> list[torch.Tensor]:
