@@ -524,6 +524,9 @@ def test_graph_bias_equals_eager_bias(size, pool, monkeypatch):
         assert (graph[0] - eager).abs().max() < 1e-5
         for a, b in zip(torch.autograd.grad((graph[0] * g).sum(), params), grads_eager):
             assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+        with_sink = fn(T.graph_bias_table(m, size, pool, x), size, pool, sink=True)  # + pH zero columns
+        assert with_sink.shape == (1, *eager.shape[:-1], eager.shape[-1] + pool[0])
+        assert torch.equal(with_sink[..., : eager.shape[-1]], graph) and not with_sink[..., eager.shape[-1] :].any()
     _graph_mode(monkeypatch, "trace")
     traced = T.pooled_bias(m, size, pool, x)
     assert not traced.requires_grad and (traced[0] - eager).abs().max() < 1e-5
@@ -551,6 +554,25 @@ def test_graph_forward_equals_naive(mode, stage, hw, monkeypatch):
         g2 = torch.autograd.grad(naive.block(blk, x, *hw).square().sum(), params)
         for a, b in zip(g1, g2):
             assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+
+
+def test_graph_attention_dropout_branch_equals_sink(monkeypatch):
+    """Graph modes with attention dropout take one softmax over the concatenated [pooled | local] similarities, without
+    it the "sink" form; with a dropout rate too small to drop anything both give the same output and gradients."""
+    dim, heads, _, sr, ref = _STAGES[1]
+    torch.manual_seed(0)
+    attn = _perturb(T.AggregatedAttention(dim, heads, sr_ratio=sr, pretrain_size=ref), seed=3).train()
+    x, hw = torch.randn(2, 9 * 11, dim), (9, 11)
+    _graph_mode(monkeypatch, "compile")
+    params = list(attn.parameters())
+    sink = attn(x, *hw)
+    g_sink = torch.autograd.grad(sink.square().sum(), params)
+    attn.attn_drop.p = 1e-12
+    concat = attn(x, *hw)
+    g_concat = torch.autograd.grad(concat.square().sum(), params)
+    assert (sink - concat).abs().max() < 1e-5
+    for a, b in zip(g_sink, g_concat):
+        assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
 
 
 def test_graph_neck_block_equals_eager(monkeypatch):

@@ -213,6 +213,29 @@ def test_onnx_matches_onnxruntime(tiny):
         torch.testing.assert_close(torch.from_numpy(o), r, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.export  # ~50 s (export + onnxslim of the whole backbone)
+def test_simplified_onnx_stores_each_stage_bias_once(tiny):
+    """Graph simplifiers fold the resized position tables into constants: once per stage, not once per block (a cast
+    per block made onnxslim store a copy per block: 334 MB for yolov8n-transxnet at 640, whose weights are 58 MB)."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    onnxslim = pytest.importorskip("onnxslim")
+    x = torch.randn(1, 3, 64, 96)
+    f = io.BytesIO()
+    torch.onnx.export(tiny, (x,), f, opset_version=17, input_names=["images"], dynamo=False)
+    model = onnxslim.slim(onnx.load_from_string(f.getvalue()))
+    tables = [tuple(t.dims) for t in model.graph.initializer if len(t.dims) == 4 and t.dims[0] == 1]
+    for i in range(4):
+        heads = tiny.network[2 * i][0].token_mixer.global_unit.num_heads
+        queries = (16 >> i) * (24 >> i)  # the stage's H * W
+        assert len([t for t in tables if t[1:3] == (heads, queries)]) <= 1, (i, tables)
+    (out, *_) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()}
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), tiny(x)[0], atol=1e-4, rtol=1e-4)
+
+
 def test_onnx_block_batch2():
     """A standalone block (own position table, 7x7 pooling that does not divide the size) at batch 2."""
     ort = pytest.importorskip("onnxruntime")

@@ -5,6 +5,9 @@ No family re-implements these; each family file imports what it needs from here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,6 +24,7 @@ __all__ = [
     "drop_path_rates",
     "CSPBlock",
     "to_2tuple",
+    "untraced",
 ]
 
 
@@ -56,6 +60,19 @@ def addcmul(t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return t + a * b
     return torch.addcmul(t, a, b)
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """Suspend the TorchScript tracer (``torch.jit.trace``, ``torch.onnx.export``, pnnx, OpenVINO): what is computed
+    inside enters the traced graph as a constant, e.g. a kernel merged from parameters (a converter needs a conv's
+    kernel shape; some fold nothing)."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,6 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -58,7 +57,16 @@ from torch import nn
 
 from ..errors import PluginError
 from .backbone import Backbone, FeatureInfo
-from .layers import CSPBlock, DropPath, channels_last, drop_path_rates, map_to_tokens, to_2tuple, tokens_to_map
+from .layers import (
+    CSPBlock,
+    DropPath,
+    channels_last,
+    drop_path_rates,
+    map_to_tokens,
+    to_2tuple,
+    tokens_to_map,
+    untraced,
+)
 from .registry import register_module
 
 __all__ = [
@@ -159,6 +167,16 @@ def _window_bound(size: tuple[int, int], window: int, device: torch.device, dtyp
         valid = F.unfold(torch.ones(1, 1, *size), window, padding=window // 2)[0].t()  # (N, window**2)
         bound = torch.full_like(valid, float("inf")).masked_fill_(valid == 0, float("-inf"))
         return bound.to(device, dtype)
+
+
+@lru_cache(maxsize=64)
+def _sink_block(shape: tuple[int, int], keys: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A (rows, cols) matrix of zeros with ones in its last row's last ``keys`` columns (the sink keys of
+    ``AggregatedAttention._sink_attention``)."""
+    with torch.inference_mode(False), torch.no_grad():
+        t = torch.zeros(shape, device=device, dtype=dtype)
+        t[-1, -keys:] = 1
+        return t
 
 
 @lru_cache(maxsize=256)
@@ -330,17 +348,6 @@ def _graph_coords(n: int, p: int, ref: int, device: torch.device) -> torch.Tenso
     return torch.sign(coords) * torch.log2(coords.abs() + 1.0) / math.log2(8)
 
 
-@contextmanager
-def _untraced():
-    """Suspend the TorchScript tracer: what is computed inside enters the traced graph as a constant."""
-    state = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
-    try:
-        yield
-    finally:
-        torch._C._set_tracing_state(state)
-
-
 def _anchored(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``t`` plus a zero computed from the input at run time (x's first element times 0; x is finite here) while
     tracing; ``t`` otherwise.
@@ -369,7 +376,7 @@ def graph_bias_table(module: nn.Module, size: tuple[int, int], pool: tuple[int, 
 
     if _graph_mode() != "trace":
         return table(budget=1 << 24)
-    with _untraced(), torch.no_grad():
+    with untraced(), torch.no_grad():
         t = table()
     return _anchored(t, x)
 
@@ -384,19 +391,34 @@ def _axis_index(n: int, p: int, device: torch.device) -> torch.Tensor:
         return start + q if step == 2 else (start + q) * 2 + parity
 
 
-def graph_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int]) -> torch.Tensor:
+@lru_cache(maxsize=64)
+def _sink_axis_index(n: int, p: int, r: int, device: torch.device) -> torch.Tensor:
+    """(n, p + 1) int64: :func:`_axis_index` with a last column ``r``, the slot of a zero appended to a table axis of
+    length r (the sink block of :func:`graph_bias`)."""
+    with torch.inference_mode(False), torch.no_grad():
+        index = _cached(_axis_index, n, p, device)
+        return torch.cat([index, torch.full((n, 1), r, device=device, dtype=index.dtype)], 1)
+
+
+def graph_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int], sink: bool = False) -> torch.Tensor:
     """Pooled-path bias of every (query, key) pair from the graph-mode table: (1, heads, Rh, Rw) -> (1, heads, N, P),
-    queries in (y, x) order, keys in **(j, i)** (column-major) order.
+    queries in (y, x) order, keys in **(j, i)** (column-major) order. ``sink`` appends pH zero columns (one more key
+    column of the pooled map, whose bias is 0): (1, heads, N, P + pH).
 
     Two gathers with small per-axis indices, (H * pH) and (W * pW): the rows every query row needs (small), then per
-    query column its keys' columns. One pass over the output, and no index as large as the output exists.
+    query column its keys' columns (contiguous runs of pH values). One pass over the output, and no index as large as
+    the output exists.
     """
     (H, W), (ph, pw) = size, pool
     heads, rw = table.shape[1], table.shape[3]
     index_h = _cached(_axis_index, H, ph, table.device).reshape(-1)
-    index_w = _cached(_axis_index, W, pw, table.device).reshape(-1)
     rows = table.index_select(2, index_h).reshape(1, heads, H, ph, rw).transpose(3, 4)  # (1, heads, H, Rw, pH)
-    return rows.index_select(3, index_w).reshape(1, heads, H * W, pw * ph)
+    if sink:
+        rows = F.pad(rows, (0, 0, 0, 1))  # (1, heads, H, Rw + 1, pH): a zero column
+        index_w = _cached(_sink_axis_index, W, pw, rw, table.device).reshape(-1)
+    else:
+        index_w = _cached(_axis_index, W, pw, table.device).reshape(-1)
+    return rows.index_select(3, index_w).reshape(1, heads, H * W, (pw + sink) * ph)
 
 
 def _parity_halves(t: torch.Tensor, dim: int, step: int) -> list[torch.Tensor]:
@@ -411,9 +433,9 @@ def _parity_halves(t: torch.Tensor, dim: int, step: int) -> list[torch.Tensor]:
     return [t.select(dim + 1, 0), t.select(dim + 1, 1)]
 
 
-def sliced_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int]) -> torch.Tensor:
+def sliced_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int], sink: bool = False) -> torch.Tensor:
     """:func:`graph_bias` without gathers, for NCNN (which has none): (1, heads, Rh, Rw) -> (1, heads, N, P), keys in
-    (j, i) order.
+    (j, i) order; ``sink`` appends pH zero columns.
 
     The bias of key column j over all query columns is a contiguous slice of (one parity half of) the table's columns
     (see :func:`_axis_rows`), likewise for rows: pW + pH slices stacked. Every tensor has a leading batch dimension of
@@ -428,7 +450,8 @@ def sliced_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int
         halves = _parity_halves(half, 3, step_w)
         per_row_parity.append(torch.stack([halves[par][..., s : s + W] for par, s in cols], -1))  # (.., Rh', W, pW)
     out = [per_row_parity[par][:, :, s : s + H].reshape(1, heads, H * W, pw) for par, s in rows]
-    return torch.stack(out, -1).reshape(1, heads, H * W, pw * ph)
+    out = torch.stack(out, -1).reshape(1, heads, H * W, pw * ph)
+    return F.pad(out, (0, ph)) if sink else out
 
 
 def _tracing_for_ncnn() -> bool:
@@ -441,11 +464,14 @@ def _tracing_for_ncnn() -> bool:
     return False
 
 
-def pooled_bias(module: nn.Module, size: tuple[int, int], pool: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
-    """Graph-mode pooled-path bias of ``module``: (1, heads, N, P), keys in (j, i) order (:func:`graph_bias`)."""
+def pooled_bias(
+    module: nn.Module, size: tuple[int, int], pool: tuple[int, int], x: torch.Tensor, sink: bool = False
+) -> torch.Tensor:
+    """Graph-mode pooled-path bias of ``module``: (1, heads, N, P) (+ pH zero columns with ``sink``), keys in (j, i)
+    order (:func:`graph_bias`)."""
     table = graph_bias_table(module, size, pool, x)
     sliced = _graph_mode() == "trace" and _tracing_for_ncnn()
-    return (sliced_bias if sliced else graph_bias)(table, size, pool)
+    return (sliced_bias if sliced else graph_bias)(table, size, pool, sink)
 
 
 def _graph_mode() -> str | None:
@@ -476,7 +502,7 @@ def _cached(fn, *args):
     operations that compile into the graph; dynamo would warn about the cache wrapper)."""
     if _graph_mode() == "compile":
         return fn.__wrapped__(*args)
-    with _untraced():
+    with untraced():
         return fn(*args)
 
 
@@ -929,21 +955,54 @@ class AggregatedAttention(nn.Module):
         local = [(q_scaled * k_pad[:, i : i + H, j : j + W].reshape(B, N, h, d)).sum(-1) for i, j in shifts]
         local = torch.minimum(torch.stack(local, -1).transpose(1, 2) + self.relative_pos_bias_local.unsqueeze(1), bound)
 
-        # pooled: similarities + bias, (B, h, N, P)
-        k_pool = _normalize(k_pool.reshape(B, P, h, d), dim=-1).permute(0, 2, 3, 1)  # (B, h, d, P)
-        v_pool = F.pad(v_pool.reshape(B, P, h, d).transpose(1, 2), (0, 0, 0, L))  # (B, h, P + L, d): 0 for local
-        bias = pooled_bias(self, (H, W), pool, x)  # (1, h, N, P)
-        pooled = q_scaled.transpose(1, 2) @ k_pool
-        attn = self.attn_drop(torch.cat([pooled + bias.to(pooled.dtype), local.to(pooled.dtype)], -1).softmax(-1))
+        # pooled keys/values, (B, h, d, P) and (B, h, P, d)
+        k_pool = _normalize(k_pool.reshape(B, P, h, d), dim=-1).permute(0, 2, 3, 1)
+        v_pool = v_pool.reshape(B, P, h, d).transpose(1, 2)
+        q = q_scaled.transpose(1, 2)  # (B, h, N, d)
+        if self.training and self.attn_drop.p > 0:  # dropout on the weights: one softmax over [pooled | local]
+            bias = pooled_bias(self, (H, W), pool, x)  # (1, h, N, P)
+            pooled = q @ k_pool
+            attn = self.attn_drop(torch.cat([pooled + bias.to(pooled.dtype), local.to(pooled.dtype)], -1).softmax(-1))
+            x_pool = attn[..., :P] @ v_pool.to(attn.dtype)  # (B, h, N, d)
+            w_soft = attn[..., P:]
+        else:  # the local similarities enter the pooled softmax as one "sink" key (see _sink_softmax): no (N, P + L)
+            x_pool, w_soft = self._sink_attention(q, k_pool, v_pool, local, pooled_bias(self, (H, W), pool, x, True))
 
         # outputs: pooled values, and the local aggregation with query-learnable tokens + bias added to the weights
-        x_pool = (attn @ v_pool.to(attn.dtype)).transpose(1, 2)  # (B, N, h, d)
-        w_local = attn[..., P:] + (q_norm.transpose(1, 2) @ self.learnable_tokens + self.learnable_bias)
+        w_local = w_soft + (q_norm.transpose(1, 2) @ self.learnable_tokens + self.learnable_bias)
         w_local = w_local.transpose(1, 2)  # (B, N, h, L)
-        out = x_pool
+        out = x_pool.transpose(1, 2)  # (B, N, h, d)
         for s, (i, j) in enumerate(shifts):
             out = out + w_local[..., s : s + 1] * v_pad[:, i : i + H, j : j + W].reshape(B, N, h, d)
         return self.proj_drop(self.proj(out.reshape(B, N, C)))
+
+    @staticmethod
+    def _sink_attention(q, k_pool, v_pool, local, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """One softmax over pooled and local similarities in graph modes, with the local ones as "sink" keys.
+
+        q (B, h, N, d); k_pool (B, h, d, P); v_pool (B, h, P, d); local (B, h, N, L) biased local similarities;
+        bias (1, h, N, P + S) from ``pooled_bias(..., sink=True)``, its last S columns 0. Returns the pooled output
+        (B, h, N, d) and the local weights (B, h, N, L).
+
+        The query gets ``lse - log S`` (lse: the local log-sum-exp) as an extra channel, met by S sink keys (the unit
+        vector of that channel), which together weigh Z_local; the sink values are the unit vector of an extra value
+        channel, which thus returns Z_local / Z. The same numbers as a softmax over the concatenated [pooled | local]
+        similarities, without writing an (N, P + L) copy of the (N, P) ones (one pass fewer over the largest tensor of
+        exported graphs). S is the pooled height: the bias gathers whole key columns (see :func:`graph_bias`).
+        """
+        d, P = k_pool.shape[-2:]
+        S = bias.shape[-1] - P
+        m = local.amax(-1, keepdim=True).detach()
+        lse = m + torch.log(torch.exp(local - m).sum(-1, keepdim=True))  # (B, h, N, 1)
+        dt = k_pool.dtype
+        q = torch.cat([q.to(dt), (lse - math.log(S)).to(dt)], -1)  # (B, h, N, d + 1)
+        B, h = k_pool.shape[:2]
+        sink = _cached(_sink_block, (d + 1, S), S, k_pool.device, dt)  # (d + 1, S): ones in the extra channel
+        k = torch.cat([F.pad(k_pool, (0, 0, 0, 1)), sink.expand(B, h, d + 1, S)], -1)  # (B, h, d + 1, P + S)
+        v = torch.cat([F.pad(v_pool, (0, 1)), sink.t().expand(B, h, S, d + 1)], -2)  # (B, h, P + S, d + 1)
+        sims = q @ k
+        out = (sims + bias.to(sims.dtype)).softmax(-1) @ v.to(sims.dtype)  # (B, h, N, d + 1)
+        return out[..., :d], torch.exp(local - lse) * out[..., d:].to(local.dtype)
 
     def extra_repr(self) -> str:
         pool = f"pool_size={self.pool_size}" if self.pool_size is not None else f"sr_ratio={self.sr_ratio}"
