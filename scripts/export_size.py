@@ -2,10 +2,12 @@
 
     python scripts/export_size.py --models yolov8s.yaml yolov8s-transnext.yaml --imgsz 640 1024 --formats onnx
 
-Each model (freshly initialised) is saved as Ultralytics saves a trained checkpoint (``YOLO.save``: float16 weights),
-then exported with ``YOLO(pt).export``; the table gives the checkpoint's size, the exported file's (folders summed)
-and their ratio. Float32 formats hold twice the checkpoint's bytes per weight, so the stock model's ratio is the
-reference: a plugin model whose ratio matches it stores no constants beyond its weights.
+Each model gets trained-looking weights (:func:`yolo_plugins.tools.export_matrix.prepare_checkpoint`; freshly
+initialised weights hide constants a converter folds, e.g. TransXNet's zero-initialised position tables) and is saved
+as Ultralytics saves a trained checkpoint (``YOLO.save``: float16 weights), then exported with ``YOLO(pt).export``;
+the table gives the checkpoint's size, the exported file's (folders summed) and their ratio. Float32 formats hold
+twice the checkpoint's bytes per weight, so the stock model's ratio is the reference: a plugin model whose ratio
+matches it stores no constants beyond its weights.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from ultralytics import YOLO
 
 import yolo_plugins  # noqa: F401  (registers the plugin modules)
+from yolo_plugins.tools.export_matrix import prepare_checkpoint
 
 
 def size_mb(path: Path) -> float:
@@ -44,9 +47,7 @@ def main(argv: list[str] | None = None) -> str:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            pt = Path(tmp) / name.replace(".yaml", ".pt")
-            torch.manual_seed(0)
-            YOLO(name).save(pt)
+            pt = prepare_checkpoint(name, tmp)
             for fmt in args.formats:
                 for imgsz in args.imgsz:
                     out = YOLO(pt).export(format=fmt, imgsz=imgsz, device="cpu", verbose=False)

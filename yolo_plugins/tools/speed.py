@@ -179,6 +179,8 @@ def _build_step(spec: Spec, res: Result):
 
         wrapper = YOLO(spec.name)
         model = wrapper.model
+        if spec.runtime in ("onnx", "openvino"):
+            _trained_looking(model)
     res.params_m = sum(p.numel() for p in model.parameters()) / 1e6
     model = model.to(device, memory_format=fmt)
     x = torch.randn(spec.batch, 3, spec.imgsz, spec.imgsz, device=device).contiguous(memory_format=fmt)
@@ -222,6 +224,20 @@ def _build_step(spec: Spec, res: Result):
             return model(x)
 
     return step, model, x
+
+
+def _trained_looking(model) -> None:
+    """Trained-looking weights before an export (:func:`yolo_plugins.tools.export_matrix.trained_looking`): converters
+    fold constants, and freshly initialised zeros (TransXNet's position tables) would let them drop whole additions.
+    Skipped for checkouts of other commits (``--against``) that lack the helper."""
+    try:
+        from yolo_plugins.tools.export_matrix import trained_looking
+    except ImportError:
+        return
+    import torch
+
+    with torch.no_grad():
+        trained_looking(model)
 
 
 def _first_tensor(out):
