@@ -213,6 +213,48 @@ def test_onnx_matches_onnxruntime(tiny):
         torch.testing.assert_close(torch.from_numpy(o), r, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("q0,k0,nq,nk", [(3136, 49, 25600, 400), (784, 49, 6400, 400), (3136, 49, 15360, 240), (49, 9, 196, 12)])
+def test_graph_resize_equals_bicubic(q0, k0, nq, nk):
+    """Exported graphs resize the position tables at run time from small periodic matrices (TransXNet-T's stage 1 and
+    2 tables at 640 and 384x640): the bicubic resize in exact arithmetic, i.e. within 1e-6 of float64 F.interpolate;
+    PyTorch's float32 resize drifts from it (its source positions are float32) by up to 3e-4 of the table's scale."""
+    torch.manual_seed(0)
+    enc = torch.randn(1, 2, q0, k0)
+    assert X._periodic_plan(q0, nq, nq * nk // 8) is not None
+    out = X.graph_resize_pos_enc(enc, nq, nk)
+    exact = X.resize_pos_enc(enc.double(), nq, nk)
+    assert (out.double() - exact).abs().max() < 1e-6 * exact.abs().max()
+    assert (out - X.resize_pos_enc(enc, nq, nk)).abs().max() < 5e-4 * exact.abs().max()
+
+
+def test_graph_resize_falls_back_without_a_period():
+    """Sizes whose query axis has no short period (gcd 1) keep the plain resize (folded into a constant)."""
+    enc = torch.randn(1, 1, 49, 9)
+    assert X._periodic_plan(49, 97, 97 * 4 // 8) is None
+    assert torch.equal(X.graph_resize_pos_enc(enc, 97, 4), X.resize_pos_enc(enc, 97, 4))
+
+
+@pytest.mark.export  # ~50 s (export + onnxslim of the whole backbone)
+def test_onnx_resizes_position_tables_at_run_time(tiny):
+    """At 256x256 the stage 1 and 2 tables are resized in the graph (no (heads, N, M) constant in the file) and the
+    graph equals PyTorch."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    onnxslim = pytest.importorskip("onnxslim")
+    x = torch.randn(1, 3, 256, 256)
+    f = io.BytesIO()
+    torch.onnx.export(tiny, (x,), f, opset_version=17, input_names=["images"], dynamo=False)
+    model = onnxslim.slim(onnx.load_from_string(f.getvalue()))
+    shapes = {tuple(t.dims) for t in model.graph.initializer}
+    assert (1, 1, 64 * 64, 8 * 8) not in shapes and (1, 2, 32 * 32, 8 * 8) not in shapes
+    outs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()}
+    )
+    with torch.no_grad():
+        for o, r in zip(outs, tiny(x)):
+            assert (torch.from_numpy(o) - r).abs().max() < 1e-3 * r.abs().max()
+
+
 @pytest.mark.export  # ~50 s (export + onnxslim of the whole backbone)
 def test_simplified_onnx_stores_each_stage_bias_once(tiny):
     """Graph simplifiers fold the resized position tables into constants: once per stage, not once per block (a cast

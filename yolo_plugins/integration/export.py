@@ -28,10 +28,7 @@ from torch import nn
 
 from ..errors import PluginError
 
-try:  # installed: the import hook lives at top level (one finder class shared with the autoload hook)
-    from _yolo_plugins_importhook import AfterImport
-except ImportError:  # a source checkout on sys.path
-    from .importhook import AfterImport
+from .methodhook import MethodHook
 
 __all__ = ["ATTR", "ExportRefusedError", "ExporterHook", "check_exportable", "normalise_format", "refusals"]
 
@@ -127,98 +124,33 @@ def make_call(original: Callable) -> Callable:
             check_exportable(target, getattr(self.args, "format", ""), self.args)
         return original(self, model, *args, **kwargs)
 
-    __call__.__wrapped__ = original
-    __call__.__doc__ = original.__doc__
-    __call__.yolo_plugins = True
     return __call__
 
 
-class ExporterHook:
-    """The ``Exporter.__call__`` replacement as a hook of :mod:`yolo_plugins.integration.patch` (required: a release
-    whose exporter has no ``Exporter.__call__`` taking the model is reported as incompatible).
+class ExporterHook(MethodHook):
+    """The ``Exporter.__call__`` replacement (required: a release whose exporter has no ``Exporter.__call__`` taking
+    the model is reported as incompatible).
 
-    ``ultralytics.engine.exporter`` is patched at once when it is loaded, else right after it loads (an
-    :class:`AfterImport` finder). When the plugin registers while that module is itself loading (a process whose
-    first import is the exporter), the patch is applied by the first call of :func:`ensure_installed` from the
-    pending finder's fallback: the ``on_export_start`` default callback, which every exporter runs before converting.
+    When the plugin registers while the exporter module is itself loading (a process whose first import is the
+    exporter), the ``on_export_start`` default callback, which every exporter runs before converting, patches for the
+    next exports and checks the model being exported now.
     """
 
     what, required = "Exporter.__call__ (export refusals)", True
-    EVENT = "on_export_start"
+    MODULE, CLASS, METHOD, EVENT = "ultralytics.engine.exporter", "Exporter", "__call__", "on_export_start"
 
-    def __init__(self):
-        self.original: Callable | None = None
-        self.finder: AfterImport | None = None
-
-    @staticmethod
-    def _exporter_cls(executed: bool = False) -> type | None:
-        """The Exporter class, or None while its module is not loaded (or still loading, unless ``executed``: the
-        AfterImport callback runs once the module's code has run, before importlib clears ``_initializing``)."""
-        mod = sys.modules.get(MODULE)
-        spec = getattr(mod, "__spec__", None)
-        if mod is None or (getattr(spec, "_initializing", False) and not executed):
-            return None
-        cls = getattr(mod, "Exporter", None)
-        return cls if isinstance(cls, type) else None
+    def replacement(self, original: Callable) -> Callable:
+        return make_call(original)
 
     def problems(self) -> list[str]:
-        cls = self._exporter_cls()
+        cls = self.owner()
         if cls is None:
             return []  # checked when it loads
-        call = vars(cls).get("__call__")
-        code = getattr(call, "__code__", None)
+        code = getattr(vars(cls).get("__call__"), "__code__", None)
         if code is None or "model" not in code.co_varnames[: code.co_argcount]:
             return ["ultralytics.engine.exporter.Exporter.__call__(self, model) is missing"]
         return []
 
-    def _patch(self) -> None:
-        if self.original is not None:
-            return
-        cls = self._exporter_cls(executed=True)
-        original = vars(cls).get("__call__") if cls is not None else None
-        if original is None or getattr(original, "yolo_plugins", False):
-            return
-        self.original = original
-        cls.__call__ = make_call(original)
-
-    def install(self) -> None:
-        global _PENDING
-        if self._exporter_cls() is not None:
-            self._patch()
-            return
-        if MODULE not in sys.modules:  # not imported yet: patch right after it loads
-            self.finder = AfterImport(MODULE, self._patch)
-            sys.meta_path.insert(0, self.finder)
-        else:  # loading right now: the first exporter's on_export_start checks the model and patches
-            _PENDING = self
-            from ultralytics.utils.callbacks import base
-
-            callbacks = base.default_callbacks.setdefault(self.EVENT, [])
-            if _on_export_start not in callbacks:
-                callbacks.append(_on_export_start)
-
-    def uninstall(self) -> None:
-        global _PENDING
-        _PENDING = None
-        if self.finder is not None:
-            self.finder.remove()
-        self.finder = None
-        base = sys.modules.get("ultralytics.utils.callbacks.base")
-        callbacks = getattr(base, "default_callbacks", {}).get(self.EVENT, [])
-        if _on_export_start in callbacks:
-            callbacks.remove(_on_export_start)
-        if self.original is not None:
-            sys.modules[MODULE].Exporter.__call__ = self.original
-            self.original = None
-
-
-_PENDING: ExporterHook | None = None  # a hook that could not patch yet (see ExporterHook.install)
-
-
-def _on_export_start(exporter) -> None:
-    """Default callback (a plain function: exporters copy their callback lists): checks the model being exported
-    and installs the pending hook for the next exports."""
-    if _PENDING is None:
-        return
-    _PENDING._patch()
-    check_exportable(exporter.model, exporter.args.format, exporter.args)
+    def on_event(self, exporter) -> None:
+        self.patch()
+        check_exportable(exporter.model, exporter.args.format, exporter.args)

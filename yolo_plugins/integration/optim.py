@@ -18,10 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-try:  # installed: the import hook lives at top level (one finder class shared with the autoload hook)
-    from _yolo_plugins_importhook import AfterImport
-except ImportError:  # a source checkout on sys.path
-    from .importhook import AfterImport
+from .methodhook import MethodHook
 
 __all__ = ["lr_scales", "split_param_groups", "make_build_optimizer", "TrainerHook"]
 
@@ -72,88 +69,24 @@ def make_build_optimizer(original: Callable) -> Callable:
             LOGGER.info(f"yolo-plugins: {n} backbone/block parameter tensors at lr x {', '.join(kinds)} (lr_scale)")
         return optimizer
 
-    build_optimizer.__wrapped__ = original
-    build_optimizer.__doc__ = original.__doc__
-    build_optimizer.yolo_plugins = True
     return build_optimizer
 
 
-class TrainerHook:
-    """The ``BaseTrainer.build_optimizer`` replacement as a hook of :mod:`yolo_plugins.integration.patch`.
-
-    Installed at once when ``ultralytics.engine.trainer`` is loaded, right after it loads when it is not yet (the
-    plugin never imports it early: on some releases that import fails while ``nn.tasks`` is loading), and, when the
-    plugin registers while that module is itself loading (it imports ``nn.tasks``), by an ``on_pretrain_routine_start``
-    default callback, which every trainer runs before it builds its optimizer. Optional: a release whose trainer has
-    no ``build_optimizer`` keeps its own optimizer, with a warning (``lr_scale`` is then ignored).
+class TrainerHook(MethodHook):
+    """The ``BaseTrainer.build_optimizer`` replacement. Optional: a release whose trainer has no ``build_optimizer``
+    keeps its own optimizer, with a warning (``lr_scale`` is then ignored). The ``on_pretrain_routine_start`` default
+    callback, which every trainer runs before it builds its optimizer, is added whenever the trainer module is not
+    loaded yet (the plugin never imports it early: on some releases that import fails while ``nn.tasks`` is loading).
     """
 
     what, required = "BaseTrainer.build_optimizer (lr_scale)", False
-    MODULE, EVENT = "ultralytics.engine.trainer", "on_pretrain_routine_start"
+    MODULE, CLASS, METHOD = "ultralytics.engine.trainer", "BaseTrainer", "build_optimizer"
+    EVENT, callback_always = "on_pretrain_routine_start", True
 
-    def __init__(self):
-        self.original = None
-        self.finder: AfterImport | None = None
+    def replacement(self, original: Callable) -> Callable:
+        return make_build_optimizer(original)
 
-    def problems(self) -> list[str]:
-        return []  # checked when the trainer module is loaded (it may not be yet)
+    def on_missing(self) -> None:
+        import warnings
 
-    def _patch(self) -> None:
-        import sys
-
-        if self.original is not None:
-            return
-        cls = getattr(sys.modules.get(self.MODULE), "BaseTrainer", None)
-        original = vars(cls).get("build_optimizer") if isinstance(cls, type) else None
-        if original is None or getattr(original, "yolo_plugins", False):
-            if original is None:
-                import warnings
-
-                warnings.warn("yolo-plugins: this Ultralytics has no BaseTrainer.build_optimizer; lr_scale is ignored")
-            return
-        self.original = original
-        cls.build_optimizer = make_build_optimizer(original)
-
-    def install(self) -> None:
-        import sys
-
-        global _PENDING
-        module = sys.modules.get(self.MODULE)
-        spec = getattr(module, "__spec__", None)
-        if module is not None and hasattr(module, "BaseTrainer") and not getattr(spec, "_initializing", False):
-            self._patch()
-            return
-        _PENDING = self
-        if module is None:  # not imported yet: patch right after it loads
-            self.finder = AfterImport(self.MODULE, self._patch)
-            sys.meta_path.insert(0, self.finder)
-        from ultralytics.utils.callbacks import base
-
-        callbacks = base.default_callbacks.setdefault(self.EVENT, [])
-        if _on_pretrain_routine_start not in callbacks:
-            callbacks.append(_on_pretrain_routine_start)
-
-    def uninstall(self) -> None:
-        import sys
-
-        global _PENDING
-        _PENDING = None
-        if self.finder is not None:
-            self.finder.remove()
-        self.finder = None
-        base = sys.modules.get("ultralytics.utils.callbacks.base")
-        callbacks = getattr(base, "default_callbacks", {}).get(self.EVENT, [])
-        if _on_pretrain_routine_start in callbacks:
-            callbacks.remove(_on_pretrain_routine_start)
-        if self.original is not None:
-            sys.modules[self.MODULE].BaseTrainer.build_optimizer = self.original
-            self.original = None
-
-
-_PENDING: TrainerHook | None = None  # a hook waiting for the first trainer (see TrainerHook.install)
-
-
-def _on_pretrain_routine_start(trainer) -> None:
-    """Default callback (a plain function: trainers deep-copy their callback lists) that installs a pending hook."""
-    if _PENDING is not None:
-        _PENDING._patch()
+        warnings.warn("yolo-plugins: this Ultralytics has no BaseTrainer.build_optimizer; lr_scale is ignored")

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import sys
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ __all__ = [
     "drop_path_rates",
     "CSPBlock",
     "to_2tuple",
+    "tracing_for_ncnn",
     "untraced",
 ]
 
@@ -73,6 +76,17 @@ def untraced() -> Iterator[None]:
         yield
     finally:
         torch._C._set_tracing_state(state)
+
+
+def tracing_for_ncnn() -> bool:
+    """True while pnnx (the NCNN converter Ultralytics calls) traces the model: NCNN has no gather, so graph paths
+    that gather take their slice-only form."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("pnnx"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,6 @@ so that converters, which evaluate every node with constant inputs, cannot store
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -65,6 +64,7 @@ from .layers import (
     map_to_tokens,
     to_2tuple,
     tokens_to_map,
+    tracing_for_ncnn,
     untraced,
 )
 from .registry import register_module
@@ -454,23 +454,13 @@ def sliced_bias(table: torch.Tensor, size: tuple[int, int], pool: tuple[int, int
     return F.pad(out, (0, ph)) if sink else out
 
 
-def _tracing_for_ncnn() -> bool:
-    """True while pnnx (the NCNN converter Ultralytics calls) traces the model: it takes :func:`sliced_bias`."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_globals.get("__name__", "").startswith("pnnx"):
-            return True
-        frame = frame.f_back
-    return False
-
-
 def pooled_bias(
     module: nn.Module, size: tuple[int, int], pool: tuple[int, int], x: torch.Tensor, sink: bool = False
 ) -> torch.Tensor:
     """Graph-mode pooled-path bias of ``module``: (1, heads, N, P) (+ pH zero columns with ``sink``), keys in (j, i)
     order (:func:`graph_bias`)."""
     table = graph_bias_table(module, size, pool, x)
-    sliced = _graph_mode() == "trace" and _tracing_for_ncnn()
+    sliced = _graph_mode() == "trace" and tracing_for_ncnn()  # NCNN has no gather
     return (sliced_bias if sliced else graph_bias)(table, size, pool, sink)
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any, ClassVar, Optional, Union
 
 import torch
@@ -44,7 +45,16 @@ from torch import nn
 
 from ..errors import PluginError
 from .backbone import Backbone, FeatureInfo
-from .layers import CSPBlock, DropPath, addcmul, channels_last, drop_path_rates, map_to_tokens, untraced
+from .layers import (
+    CSPBlock,
+    DropPath,
+    addcmul,
+    channels_last,
+    drop_path_rates,
+    map_to_tokens,
+    tracing_for_ncnn,
+    untraced,
+)
 from .registry import register_module
 
 __all__ = [
@@ -126,6 +136,62 @@ def resize_pos_enc(enc: torch.Tensor, nq: int, nk: int) -> torch.Tensor:
     return F.interpolate(enc, size=(nq, nk), mode="bicubic", align_corners=False)
 
 
+@lru_cache(maxsize=32)
+def _periodic_plan(n_in: int, n_out: int, budget: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Bicubic resize of an axis n_in -> n_out as a small matrix over periodic windows, or None if that matrix would
+    hold more than ``budget`` values.
+
+    With g = gcd(n_in, n_out), p = n_in / g and q = n_out / g, output rows j * q + r (block j) read input rows
+    p * j + base + c (c < width) with weights ``A[r, c]`` that do not depend on j (the source position advances by
+    exactly p per block). ``A`` (q, width) is read off PyTorch's own bicubic resize of an identity (a middle block of a
+    virtual axis, clear of the borders); the borders are handled by clamping the gathered row indices, which is what
+    PyTorch's bounded access does. Returns ``A`` (float64) and the row ``index`` (g * width,) int64.
+    """
+    g = math.gcd(n_in, n_out)
+    p, q = n_in // g, n_out // g
+    if q * (p + 4) > budget:  # no short period: the matrix would be as large as what it replaces
+        return None
+    m = 4 // p + 2  # blocks on each side of the middle one: its window (width <= p + 4) stays inside the virtual axis
+    with torch.inference_mode(False), torch.no_grad():
+        eye = torch.eye(p * (2 * m + 1), dtype=torch.float64)[None, None]
+        e = F.interpolate(eye, size=(q * (2 * m + 1), eye.shape[-1]), mode="bicubic", align_corners=False)[0, 0]
+        rows = e[q * m : q * (m + 1)]  # (q, virtual length)
+        cols = rows.abs().sum(0).nonzero().flatten()
+        lo, hi = int(cols[0]), int(cols[-1])
+        A, base, width = rows[:, lo : hi + 1].contiguous(), lo - p * m, hi - lo + 1
+        index = (torch.arange(g)[:, None] * p + base + torch.arange(width)[None]).clamp_(0, n_in - 1).flatten()
+        return A, index
+
+
+def graph_resize_pos_enc(enc: torch.Tensor, nq: int, nk: int, anchor: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`resize_pos_enc` for exported graphs, computed at run time from the small table in two small products:
+    (1, heads, Nq0, Nk0) -> (1, heads, nq, nk).
+
+    Resized once at export, the (heads, nq, nk) tables would be stored in the file: 77 MB per model at 640 px and
+    500 MB at 1024 for TransXNet-T (the stock graph runtimes' bicubic resize takes seconds instead). Along the keys the
+    resize is a product with an (Nk0, nk) matrix; along the queries with :func:`_periodic_plan`'s (q, width) matrix
+    over gathered windows of rows. ``anchor`` (a tensor of the input) keeps converters from folding the result into a
+    constant. Falls back to :func:`resize_pos_enc` where the query axis has no short period, and for NCNN (no gather).
+    """
+    _, h, q0, k0 = enc.shape
+    if (q0, k0) == (nq, nk):
+        return enc
+    plan = _periodic_plan(q0, nq, nq * nk // 8)
+    if plan is None or tracing_for_ncnn():
+        return resize_pos_enc(enc, nq, nk)
+    with untraced(), torch.no_grad():
+        eye = torch.eye(k0, dtype=torch.float64)[None, None]
+        keys = F.interpolate(eye, size=(k0, nk), mode="bicubic", align_corners=False)[0, 0]  # (Nk0, nk)
+        keys = keys.to(enc.device, enc.dtype)
+        A, index = plan[0].to(enc.device, enc.dtype), plan[1].to(enc.device)
+    if anchor is not None:
+        enc = enc + anchor.reshape(-1)[:1].reshape(1, 1, 1, 1).to(enc.dtype) * 0
+    u = (enc @ keys).index_select(2, index)  # (1, h, g * width, nk)
+    width = A.shape[1]
+    out = A @ u.reshape(1, -1, width, nk)  # (1, h * g, q, nk)
+    return out.reshape(1, h, nq, nk)
+
+
 class _ResizeCache:
     """Small LRU of resized position encodings for inference; never pickled or deep-copied (Ultralytics EMA/ckpt)."""
 
@@ -189,16 +255,20 @@ class _ResizeCache:
 
 
 class _StagePosEnc:
-    """Resolves a stage's shared relative position encoding once per forward for all its blocks."""
+    """Resolves a stage's shared relative position encoding once per forward for all its blocks (in exported graphs
+    with :func:`graph_resize_pos_enc`, anchored to ``anchor``, a tensor of the input)."""
 
-    def __init__(self, enc: torch.Tensor, cache: _ResizeCache, tag: Any):
-        self.enc, self.cache, self.tag = enc, cache, tag
+    def __init__(self, enc: torch.Tensor, cache: _ResizeCache, tag: Any, anchor: torch.Tensor | None = None):
+        self.enc, self.cache, self.tag, self.anchor = enc, cache, tag, anchor
         self.value: torch.Tensor | None = None
 
     def __call__(self, nq: int, nk: int) -> torch.Tensor:
         v = self.value
         if v is None or v.shape[-2] != nq or v.shape[-1] != nk:
-            v = self.value = self.cache.resize(self.enc, nq, nk, self.tag)
+            if _exporting():
+                v = self.value = graph_resize_pos_enc(self.enc, nq, nk, self.anchor)
+            else:
+                v = self.value = self.cache.resize(self.enc, nq, nk, self.tag)
         return v
 
 
@@ -816,7 +886,7 @@ class TransXNet(Backbone):
         for i in range(4):
             if i:
                 x = self.network[2 * i - 1](x)
-            pos = _StagePosEnc(self.relative_pos_enc[i], self._pos_cache, i)
+            pos = _StagePosEnc(self.relative_pos_enc[i], self._pos_cache, i, anchor=x)
             for blk in self.network[2 * i]:
                 x = blk(x, pos)
             outs.append(self._out_norm(getattr(self, f"norm{2 * i}"), x))

@@ -227,11 +227,11 @@ def _build_step(spec: Spec, res: Result):
 
 
 def _trained_looking(model) -> None:
-    """Trained-looking weights before an export (:func:`yolo_plugins.tools.export_matrix.trained_looking`): converters
+    """Trained-looking weights before an export (:func:`yolo_plugins.tools.trained.trained_looking`): converters
     fold constants, and freshly initialised zeros (TransXNet's position tables) would let them drop whole additions.
     Skipped for checkouts of other commits (``--against``) that lack the helper."""
     try:
-        from yolo_plugins.tools.export_matrix import trained_looking
+        from yolo_plugins.tools.trained import trained_looking
     except ImportError:
         return
     import torch
