@@ -481,15 +481,8 @@ def _building_graph() -> bool:
 
 
 def _normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """``F.normalize(x, dim=dim)`` in operations every converter knows (pnnx has no ``clamp_min``). Traced in float32
-    the norm is written as the root of a sum of squares: onnx2tf (TensorFlow SavedModel, TFLite) fails on ONNX's
-    ``ReduceL2`` ("'axis' must be None, an integer, or a tuple"); half precision keeps the norm (no squares to
-    overflow)."""
-    if _graph_mode() == "trace" and x.dtype == torch.float32:
-        norm = (x * x).sum(dim, keepdim=True).sqrt()
-    else:
-        norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
-    return x / norm.clamp(min=1e-12)
+    """``F.normalize(x, dim=dim)`` in operations every converter knows (pnnx has no ``clamp_min``)."""
+    return x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp(min=1e-12)
 
 
 def _cached(fn, *args):
