@@ -771,11 +771,19 @@ class AggregatedAttention(nn.Module):
 
     # MNN's converter reads the ONNX graph, which equals PyTorch, yet MNN computes something else (measured
     # 2026-12-01, MNN 3.6.1, yolov8n-transnext at 64x96: mean |box difference| 62 px on bus.jpg, 6 px on noise,
-    # the same at MNN's low, normal and high precision)
+    # the same at MNN's low, normal and high precision). onnx2tf 1.x (SavedModel, GraphDef, Edge TPU; measured
+    # 2026-12-02 at 64x96 and 640): "tf.norm: 'axis' must be None, an integer, or a tuple" on ReduceL2; with the
+    # norm as a root of squares, "Dimensions must be equal, but are 24 and 2" after its NCHW -> NHWC transposition.
     export_unsupported: ClassVar[dict[str, str]] = {
         "mnn": "MNN 3.6.1 computes TransNeXt's aggregated attention differently from PyTorch (boxes off by tens of "
         "pixels at every MNN precision, while the ONNX file it converts matches); export to onnx, openvino or ncnn "
         "instead",
+        **dict.fromkeys(
+            ("saved_model", "pb", "edgetpu"),
+            "onnx2tf (Ultralytics' TensorFlow converter) cannot convert TransNeXt's attention graph (it fails on "
+            "ONNX's ReduceL2, and with that written out it mis-transposes the 4-d token tensors it takes for images); "
+            "export to litert (TFLite, converted from PyTorch) instead",
+        ),
     }
 
     def __init__(
