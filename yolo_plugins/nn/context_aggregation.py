@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import PluginError
 from .registry import register_module
@@ -68,9 +69,12 @@ class ContextAggregation(nn.Module):
         b, c = x.shape[:2]
         a = self.a(x).sigmoid()
         k = self.k(x).flatten(1).softmax(1)  # (B, HW)
-        ctx = torch.bmm(x.flatten(2), k.unsqueeze(2)).view(b, c, 1, 1)  # (B, C, 1, 1)
-        y = self.m(self.v(ctx))
-        return x + y * a
+        ctx = torch.bmm(x.flatten(2), k.unsqueeze(2)).flatten(1)  # (B, C)
+        # v and m on the pooled (1x1) context are linear layers (LiteRT's converter lowered the 1x1 convs on a 1x1 map
+        # to a rank-4 batch_matmul it then rejected)
+        v, m = self.v.conv, self.m.conv
+        y = F.linear(F.linear(ctx, v.weight.flatten(1), v.bias), m.weight.flatten(1), m.bias)  # (B, C)
+        return x + y.view(b, c, 1, 1) * a
 
     def extra_repr(self) -> str:
         return f"c1={self.in_channels}, reduction={self.reduction}"
