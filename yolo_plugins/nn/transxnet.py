@@ -418,6 +418,15 @@ class IDConv(nn.Module):
         bias: Learn G biases per channel.
     """
 
+    # onnx2tf 1.x (SavedModel, GraphDef, Edge TPU; measured 2026-12-02, yolov8n-transxnet at 640): "The number of
+    # filters must be evenly divisible by the number of groups. Received: groups=24, filters=7" (it reads the kernel
+    # computed per image in the wrong layout)
+    export_unsupported: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("saved_model", "pb", "edgetpu"),
+        "onnx2tf (Ultralytics' TensorFlow converter) cannot convert IDConv's depthwise convolution, whose kernel is "
+        "computed per image; export to litert (TFLite, converted from PyTorch) instead",
+    )
+
     def __init__(
         self, dim: int, kernel_size: int = 3, reduction_ratio: int = 4, num_groups: int = 2, bias: bool = True
     ):
