@@ -44,7 +44,9 @@ def test_interleaved_workers_at_tiny_settings():
     for r in (eager, plugin, onnx, train, backbone):
         assert r.note == "" or r.note.startswith("no oracle"), r.note
         assert len(r.runs) == 2 and r.latency_ms > 0 and r.peak_rss_mb > 100
-    assert onnx.max_diff < 1e-3  # ONNX Runtime computes what eager PyTorch computes
+    # ONNX Runtime computes what eager PyTorch computes: within the export matrix's float32 box tolerance (the exported
+    # model has trained-looking weights, so its raw outputs are boxes in pixels)
+    assert onnx.max_diff < 0.05
     assert backbone.oracle_ms > 0 and backbone.max_diff < 1e-4  # the naive oracle ran on the same input
     assert plugin.params_m > eager.params_m
     assert bad.latency_ms is None and "not found" in bad.note

@@ -234,22 +234,27 @@ def test_graph_resize_falls_back_without_a_period():
     assert torch.equal(X.graph_resize_pos_enc(enc, 97, 4), X.resize_pos_enc(enc, 97, 4))
 
 
+def _slim_onnx_outputs(model: nn.Module, x: torch.Tensor):
+    """``model`` exported to ONNX and simplified by onnxslim (as Ultralytics' exporter does): the ONNX model and its
+    ONNX Runtime outputs on ``x``."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    onnxslim = pytest.importorskip("onnxslim")
+    f = io.BytesIO()
+    torch.onnx.export(model, (x,), f, opset_version=17, input_names=["images"], dynamo=False)
+    slim = onnxslim.slim(onnx.load_from_string(f.getvalue()))
+    sess = ort.InferenceSession(slim.SerializeToString(), providers=["CPUExecutionProvider"])
+    return slim, sess.run(None, {"images": x.numpy()})
+
+
 @pytest.mark.export  # ~50 s (export + onnxslim of the whole backbone)
 def test_onnx_resizes_position_tables_at_run_time(tiny):
     """At 256x256 the stage 1 and 2 tables are resized in the graph (no (heads, N, M) constant in the file) and the
     graph equals PyTorch."""
-    ort = pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
-    onnxslim = pytest.importorskip("onnxslim")
     x = torch.randn(1, 3, 256, 256)
-    f = io.BytesIO()
-    torch.onnx.export(tiny, (x,), f, opset_version=17, input_names=["images"], dynamo=False)
-    model = onnxslim.slim(onnx.load_from_string(f.getvalue()))
+    model, outs = _slim_onnx_outputs(tiny, x)
     shapes = {tuple(t.dims) for t in model.graph.initializer}
     assert (1, 1, 64 * 64, 8 * 8) not in shapes and (1, 2, 32 * 32, 8 * 8) not in shapes
-    outs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"images": x.numpy()}
-    )
     with torch.no_grad():
         for o, r in zip(outs, tiny(x)):
             assert (torch.from_numpy(o) - r).abs().max() < 1e-3 * r.abs().max()
@@ -259,23 +264,15 @@ def test_onnx_resizes_position_tables_at_run_time(tiny):
 def test_simplified_onnx_stores_each_stage_bias_once(tiny):
     """Graph simplifiers fold the resized position tables into constants: once per stage, not once per block (a cast
     per block made onnxslim store a copy per block: 334 MB for yolov8n-transxnet at 640, whose weights are 58 MB)."""
-    ort = pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
-    onnxslim = pytest.importorskip("onnxslim")
     x = torch.randn(1, 3, 64, 96)
-    f = io.BytesIO()
-    torch.onnx.export(tiny, (x,), f, opset_version=17, input_names=["images"], dynamo=False)
-    model = onnxslim.slim(onnx.load_from_string(f.getvalue()))
+    model, outs = _slim_onnx_outputs(tiny, x)
     tables = [tuple(t.dims) for t in model.graph.initializer if len(t.dims) == 4 and t.dims[0] == 1]
     for i in range(4):
         heads = tiny.network[2 * i][0].token_mixer.global_unit.num_heads
         queries = (16 >> i) * (24 >> i)  # the stage's H * W
         assert len([t for t in tables if t[1:3] == (heads, queries)]) <= 1, (i, tables)
-    (out, *_) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"images": x.numpy()}
-    )
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(out), tiny(x)[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.from_numpy(outs[0]), tiny(x)[0], atol=1e-4, rtol=1e-4)
 
 
 def test_onnx_block_batch2():

@@ -199,7 +199,9 @@ def clear_caches() -> None:
     cpb_geometry.cache_clear()
     local_geometry.cache_clear()
     _axis_bound.cache_clear()
+    _sink_block.cache_clear()
     _axis_index.cache_clear()
+    _sink_axis_index.cache_clear()
     _log_length.cache_clear()
     _WORKSPACE.__dict__.pop("buffers", None)
 
