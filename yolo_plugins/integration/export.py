@@ -137,7 +137,7 @@ class ExporterHook(MethodHook):
     """
 
     what, required = "Exporter.__call__ (export refusals)", True
-    MODULE, CLASS, METHOD, EVENT = "ultralytics.engine.exporter", "Exporter", "__call__", "on_export_start"
+    MODULE, CLASS, METHOD, EVENT = MODULE, "Exporter", "__call__", "on_export_start"
 
     def replacement(self, original: Callable) -> Callable:
         return make_call(original)

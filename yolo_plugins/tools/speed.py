@@ -234,10 +234,7 @@ def _trained_looking(model) -> None:
         from yolo_plugins.tools.trained import trained_looking
     except ImportError:
         return
-    import torch
-
-    with torch.no_grad():
-        trained_looking(model)
+    trained_looking(model)  # runs under no_grad itself
 
 
 def _first_tensor(out):
