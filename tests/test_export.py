@@ -124,7 +124,38 @@ def test_refusal_depends_on_arguments(refusing_toy):
     assert E.refusals(model, "onnx") == [] and E.refusals(model, "torchscript") == []
     E.check_exportable(model, "onnx")  # no error
     assert E.normalise_format("TFLite") == "litert" and E.normalise_format("trt") == "engine"
+    _exporter()  # misspellings are corrected against the exporter's formats (known once it is loaded)
     assert E.normalise_format("onnxx") == "onnx"  # Ultralytics corrects misspellings the same way
+
+
+def test_graph_paths_see_the_export_arguments(refusing_toy, monkeypatch, tmp_path):
+    """The exporter hook hands the export's arguments to graph paths for the export's duration (TransXNet keeps the
+    runtime's own resize of its position tables in a dynamic=True export), and TransNeXt, whose graph is built for one
+    size, refuses dynamic=True in every format where it means free height and width."""
+    from types import SimpleNamespace
+
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_plugins.nn.layers import export_is_dynamic
+
+    seen = []
+    forward = ScaledConv.forward
+    monkeypatch.setattr(ScaledConv, "forward", lambda self, x: (seen.append(export_is_dynamic()), forward(self, x))[1])
+    monkeypatch.chdir(tmp_path)
+    for dynamic in (True, False):
+        model = YOLO(str(refusing_toy))
+        seen.clear()  # the forwards that built the model
+        model.export(format="onnx", imgsz=32, device="cpu", dynamic=dynamic)
+        assert seen and set(seen) == {dynamic} and not export_is_dynamic()
+
+    model = DetectionModel("yolov8n-transnext.yaml", verbose=False)
+    static, dynamic = SimpleNamespace(quantize=None, dynamic=False), SimpleNamespace(quantize=None, dynamic=True)
+    for fmt in ("onnx", "engine", "openvino", "litert", "coreml"):
+        assert E.refusals(model, fmt, static) == []
+        assert [n for n, _ in E.refusals(model, fmt, dynamic)] == ["AggregatedAttention"]
+    with pytest.raises(E.ExportRefusedError, match="dynamic=True would fail at run time on any other size"):
+        E.check_exportable(model, "onnx", dynamic)
 
 
 @pytest.mark.compat
@@ -219,8 +250,16 @@ SLOW = {
     "coreai",
 }
 # slow cases that also run on one other family: where the 640 matrix found failures (ContextAggregation's 1x1 convs on
-# its pooled context broke LiteRT's converter; TransNeXt and TransXNet refuse SavedModel: onnx2tf cannot convert them)
-ALSO = {("ca", "litert"), ("transnext", "saved_model"), ("transxnet", "saved_model")}
+# its pooled context broke LiteRT's converter; TransNeXt and TransXNet refuse SavedModel: onnx2tf cannot convert them;
+# a dynamic ONNX is predicted at the photo's own letterboxed size: TransXNet resizes its position tables there,
+# TransNeXt refuses dynamic=True)
+ALSO = {
+    ("ca", "litert"),
+    ("transnext", "saved_model"),
+    ("transxnet", "saved_model"),
+    ("transxnet", "onnx-dynamic"),
+    ("transnext", "onnx-dynamic"),
+}
 # known failures (none today; a format that cannot work is refused by the module's export_unsupported instead)
 XFAIL: dict[tuple[str, str], str] = {}
 

@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import PluginError
-
+from ..nn.layers import exporting_with
 from .methodhook import MethodHook
 
 __all__ = ["ATTR", "ExportRefusedError", "ExporterHook", "check_exportable", "normalise_format", "refusals"]
@@ -122,7 +122,8 @@ def make_call(original: Callable) -> Callable:
         target = model if model is not None else kwargs.get("model")
         if isinstance(target, nn.Module):
             check_exportable(target, getattr(self.args, "format", ""), self.args)
-        return original(self, model, *args, **kwargs)
+        with exporting_with(self.args):  # graph paths that depend on the arguments, e.g. dynamic=True
+            return original(self, model, *args, **kwargs)
 
     return __call__
 

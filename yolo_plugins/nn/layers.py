@@ -5,10 +5,10 @@ No family re-implements these; each family file imports what it needs from here.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import sys
+from contextvars import ContextVar
 
 import torch
 import torch.nn as nn
@@ -24,9 +24,12 @@ __all__ = [
     "LayerNorm2d",
     "fuse_conv_bn",
     "drop_path_rates",
+    "export_is_dynamic",
+    "exporting_with",
     "CSPBlock",
     "to_2tuple",
     "tracing_for_ncnn",
+    "table_building",
     "untraced",
 ]
 
@@ -76,6 +79,42 @@ def untraced() -> Iterator[None]:
         yield
     finally:
         torch._C._set_tracing_state(state)
+
+
+@contextmanager
+def table_building() -> Iterator[None]:
+    """Context for building a size-dependent constant table (a mask, an index, a geometry) that may be cached: no
+    autograd graph, and never an inference tensor (a cached inference tensor breaks later training).
+
+    Under ``torch.compile``/``torch.export`` nothing is switched: the table's inputs need no gradients anyway, and each
+    ``no_grad`` block would enter the graph as a ``set_grad_enabled`` pair, which ``torch.export`` splits into
+    sub-graphs and inlines again, re-compiling the whole graph per split (ExecuTorch's export of yolov8n-transnext
+    spent 4 minutes at 64 px on it)."""
+    if torch.compiler.is_compiling():
+        yield
+        return
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
+_EXPORT_ARGS: ContextVar = ContextVar("yolo_plugins_export_args", default=None)
+
+
+@contextmanager
+def exporting_with(args: object) -> Iterator[None]:
+    """Mark an Ultralytics export in progress with its arguments (``integration.export`` wraps ``Exporter.__call__``
+    in it), so graph paths can depend on them (see :func:`export_is_dynamic`)."""
+    token = _EXPORT_ARGS.set(args)
+    try:
+        yield
+    finally:
+        _EXPORT_ARGS.reset(token)
+
+
+def export_is_dynamic() -> bool:
+    """True inside an Ultralytics export with ``dynamic=True``: the graph must run at any input height and width
+    (Ultralytics predicts such a model at each image's own letterboxed size, e.g. 640x480 for a portrait photo)."""
+    return bool(getattr(_EXPORT_ARGS.get(), "dynamic", False))
 
 
 def tracing_for_ncnn() -> bool:

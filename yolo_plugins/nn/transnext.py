@@ -62,6 +62,7 @@ from .layers import (
     channels_last,
     drop_path_rates,
     map_to_tokens,
+    table_building,
     to_2tuple,
     tokens_to_map,
     tracing_for_ncnn,
@@ -135,7 +136,7 @@ def cpb_geometry(
         query/key rows and columns vary independently. ``index_h`` (H, pH) and ``index_w`` (W, pW), int64: the bias
         of query (y, x) and key (i, j) is ``table[index_h[y, i], index_w[x, j]]``.
     """
-    with torch.inference_mode(False), torch.no_grad():  # never cache inference tensors (they break later training)
+    with table_building():
         ch, ih = _axis_table(size[0], pool[0], ref[0])
         cw, iw = _axis_table(size[1], pool[1], ref[1])
         return ch.to(device), cw.to(device), ih.to(device), iw.to(device)
@@ -152,7 +153,7 @@ def local_geometry(
         ``mask`` (N, window**2): 0 where the window position lies inside the map, -inf outside (zero padding), in
         ``nn.Unfold`` order; ``scale`` (N, 1, 1): log(number of valid window positions + pooled length).
     """
-    with torch.inference_mode(False), torch.no_grad():
+    with table_building():
         valid = F.unfold(torch.ones(1, 1, *size), window, padding=window // 2)[0].t()  # (N, window**2)
         mask = torch.zeros_like(valid).masked_fill_(valid == 0, float("-inf"))
         scale = torch.log(valid.sum(-1) + pool_len).view(-1, 1, 1)
@@ -162,7 +163,7 @@ def local_geometry(
 @lru_cache(maxsize=64)
 def _axis_bound(n: int, window: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(n, window): +inf where the window position lies inside an axis of length n, -inf outside (zero padding)."""
-    with torch.inference_mode(False), torch.no_grad():
+    with table_building():
         pos = torch.arange(n)[:, None] + torch.arange(window)[None] - window // 2
         inside = (pos >= 0) & (pos < n)
         return torch.full(inside.shape, float("inf")).masked_fill_(~inside, float("-inf")).to(device, dtype)
@@ -182,7 +183,7 @@ def _window_bound(size: tuple[int, int], window: int, x: torch.Tensor, dtype: to
 def _sink_block(shape: tuple[int, int], keys: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A (rows, cols) matrix of zeros with ones in its last row's last ``keys`` columns (the sink keys of
     ``AggregatedAttention._sink_attention``)."""
-    with torch.inference_mode(False), torch.no_grad():
+    with table_building():
         t = torch.zeros(shape, device=device, dtype=dtype)
         t[-1, -keys:] = 1
         return t
@@ -190,7 +191,7 @@ def _sink_block(shape: tuple[int, int], keys: int, device: torch.device, dtype: 
 
 @lru_cache(maxsize=256)
 def _log_length(n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    with torch.inference_mode(False), torch.no_grad():
+    with table_building():
         return torch.log(torch.tensor(float(n), device=device)).to(dtype)
 
 
@@ -396,7 +397,7 @@ def graph_bias_table(module: nn.Module, size: tuple[int, int], pool: tuple[int, 
 def _axis_index(n: int, p: int, device: torch.device) -> torch.Tensor:
     """(n, p) int64: the slot in the graph-mode table axis (see :func:`_axis_rows`) of query q and pooled key j."""
     _, step, _, rows = _axis_rows(n, p)
-    with torch.inference_mode(False), torch.no_grad():
+    with table_building():
         parity, start = (torch.tensor(v, device=device) for v in zip(*rows))
         q = torch.arange(n, device=device)[:, None]
         return start + q if step == 2 else (start + q) * 2 + parity
@@ -406,7 +407,7 @@ def _axis_index(n: int, p: int, device: torch.device) -> torch.Tensor:
 def _sink_axis_index(n: int, p: int, r: int, device: torch.device) -> torch.Tensor:
     """(n, p + 1) int64: :func:`_axis_index` with a last column ``r``, the slot of a zero appended to a table axis of
     length r (the sink block of :func:`graph_bias`)."""
-    with torch.inference_mode(False), torch.no_grad():
+    with table_building():
         index = _cached(_axis_index, n, p, device)
         return torch.cat([index, torch.full((n, 1), r, device=device, dtype=index.dtype)], 1)
 
@@ -635,7 +636,7 @@ def _mask_workspace(shape: tuple[int, int, int], dtype: torch.dtype, device: tor
     buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
     buf = buffers.get(key)
     if buf is None:
-        with torch.inference_mode(False), torch.no_grad():
+        with table_building():
             buf = torch.empty(shape, dtype=dtype, device=device)
             buf[..., -1] = 0
         buffers[key] = buf
@@ -764,6 +765,14 @@ def _init_temperature(num_heads: int) -> nn.Parameter:
     return nn.Parameter(torch.log((torch.ones(num_heads, 1, 1) / 0.24).exp() - 1))
 
 
+_DYNAMIC_REFUSAL = (
+    "its exported graph is built for one input size (the position-bias tables, window masks and token reshapes are "
+    "constants of that size), so dynamic=True would fail at run time on any other size (Ultralytics predicts dynamic "
+    "models at each image's own letterboxed size, e.g. 640x480); export without dynamic=True instead, at the size "
+    "you deploy (e.g. imgsz=640 or imgsz=480,640)"
+)
+
+
 class AggregatedAttention(nn.Module):
     """Aggregated (pixel-focused) attention of stages 1-3: (B, H*W, C) tokens -> (B, H*W, C).
 
@@ -794,6 +803,11 @@ class AggregatedAttention(nn.Module):
             "onnx2tf (Ultralytics' TensorFlow converter) cannot convert TransNeXt's attention graph (it fails on "
             "ONNX's ReduceL2, and with that written out it mis-transposes the 4-d token tensors it takes for images); "
             "export to litert (TFLite, converted from PyTorch) instead",
+        ),
+        # the exported graph is built for the export size: its bias tables, masks and token reshapes are constants
+        **dict.fromkeys(
+            ("onnx", "engine", "openvino", "litert", "coreml"),
+            lambda m, args: _DYNAMIC_REFUSAL if getattr(args, "dynamic", False) else None,
         ),
     }
 

@@ -51,7 +51,9 @@ from .layers import (
     addcmul,
     channels_last,
     drop_path_rates,
+    export_is_dynamic,
     map_to_tokens,
+    table_building,
     tracing_for_ncnn,
     untraced,
 )
@@ -115,11 +117,7 @@ def _dw_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     In half precision (or autocast) the kernel would be rounded with the identity in it, so there the sum is computed
     as written.
     """
-    if (
-        _autocast(x.device)
-        or x.dtype not in (torch.float32, torch.float64)
-        or x.dtype != conv.weight.dtype
-    ):
+    if _autocast(x.device) or x.dtype not in (torch.float32, torch.float64) or x.dtype != conv.weight.dtype:
         return _dwconv(conv, x) + x
     k = conv.kernel_size[0]
     if k == 1:
@@ -152,7 +150,7 @@ def _periodic_plan(n_in: int, n_out: int, budget: int) -> tuple[torch.Tensor, to
     if q * (p + 4) > budget:  # no short period: the matrix would be as large as what it replaces
         return None
     m = 4 // p + 2  # blocks on each side of the middle one: its window (width <= p + 4) stays inside the virtual axis
-    with torch.inference_mode(False), torch.no_grad():
+    with table_building():
         eye = torch.eye(p * (2 * m + 1), dtype=torch.float64)[None, None]
         e = F.interpolate(eye, size=(q * (2 * m + 1), eye.shape[-1]), mode="bicubic", align_corners=False)[0, 0]
         rows = e[q * m : q * (m + 1)]  # (q, virtual length)
@@ -171,13 +169,16 @@ def graph_resize_pos_enc(enc: torch.Tensor, nq: int, nk: int, anchor: torch.Tens
     500 MB at 1024 for TransXNet-T (the stock graph runtimes' bicubic resize takes seconds instead). Along the keys the
     resize is a product with an (Nk0, nk) matrix; along the queries with :func:`_periodic_plan`'s (q, width) matrix
     over gathered windows of rows. ``anchor`` (a tensor of the input) keeps converters from folding the result into a
-    constant. Falls back to :func:`resize_pos_enc` where the query axis has no short period, and for NCNN (no gather).
+    constant. Falls back to :func:`resize_pos_enc` where the query axis has no short period, for NCNN (no gather) and
+    in ``dynamic=True`` exports (the plan is fixed to one size; the runtime's own resize works at any).
     """
     _, h, q0, k0 = enc.shape
     if (q0, k0) == (nq, nk):
         return enc
+    if tracing_for_ncnn() or export_is_dynamic():  # no gather in NCNN; a dynamic graph resizes at any size
+        return resize_pos_enc(enc, nq, nk)
     plan = _periodic_plan(q0, nq, nq * nk // 8)
-    if plan is None or tracing_for_ncnn():
+    if plan is None:
         return resize_pos_enc(enc, nq, nk)
     with untraced(), torch.no_grad():
         eye = torch.eye(k0, dtype=torch.float64)[None, None]
