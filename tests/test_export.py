@@ -73,6 +73,35 @@ def test_hook_waits_for_the_exporter_module():
     assert out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
+@pytest.mark.slow
+def test_registered_while_the_exporter_module_loads(tmp_path):
+    """A process whose first import is the exporter registers the plugin while that module loads: the first export
+    runs through the ``on_export_start`` callback, later ones through the wrapper, and each hands its own arguments
+    to graph paths for its duration only."""
+    code = textwrap.dedent(
+        """
+        from ultralytics.engine.exporter import Exporter  # nn.tasks loads inside: the plugin registers then
+        import torch
+        import yolo_plugins
+        from ultralytics import YOLO
+        from yolo_plugins.nn.layers import export_is_dynamic
+        print("AT_IMPORT", getattr(vars(Exporter)["__call__"], "yolo_plugins", False), yolo_plugins.is_registered())
+        seen, trace = [], torch.jit.trace
+        torch.jit.trace = lambda *a, **k: (seen.append(export_is_dynamic()), trace(*a, **k))[1]
+        for dynamic in (True, False, True):
+            YOLO("yolov8n-repvit.yaml").export(format="torchscript", imgsz=64, device="cpu", dynamic=dynamic)
+        print("SEEN", seen, export_is_dynamic(), getattr(vars(Exporter)["__call__"], "yolo_plugins", False))
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "AT_IMPORT False True" in out.stdout  # registered, the wrapper pending
+    assert "SEEN [True, False, True] False True" in out.stdout, out.stdout[-2000:]
+
+
 @pytest.fixture
 def refusing_toy(toy_modules, monkeypatch, tmp_path):
     """A toy detection YAML whose ScaledConv rows refuse NCNN, LiteRT/TFLite, and OpenVINO in int8."""

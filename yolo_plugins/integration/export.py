@@ -134,7 +134,8 @@ class ExporterHook(MethodHook):
 
     When the plugin registers while the exporter module is itself loading (a process whose first import is the
     exporter), the ``on_export_start`` default callback, which every exporter runs before converting, patches for the
-    next exports and checks the model being exported now.
+    next exports, checks the model being exported now and hands its arguments to graph paths until its
+    ``on_export_end``.
     """
 
     what, required = "Exporter.__call__ (export refusals)", True
@@ -155,3 +156,8 @@ class ExporterHook(MethodHook):
     def on_event(self, exporter) -> None:
         self.patch()
         check_exportable(exporter.model, exporter.args.format, exporter.args)
+        # this export runs unwrapped: its arguments are handed to graph paths from here to its on_export_end (an
+        # export that fails leaves them set until the next export, which sets its own)
+        marked = exporting_with(exporter.args)
+        marked.__enter__()
+        exporter.add_callback("on_export_end", lambda _: marked.__exit__(None, None, None))
