@@ -60,13 +60,30 @@ def graph_breaks(model: torch.nn.Module, *inputs: torch.Tensor, plugin_dir: str 
     return out
 
 
+MAX_BLOCKS = 2  # two blocks per stage keep what chains blocks (caches shared by the blocks of a stage)
+
+
 def shorten_backbones(model: torch.nn.Module) -> torch.nn.Module:
-    """Cut the long third stage of TransNeXt / TransXNet backbones inside ``model`` to two blocks (in place; returns
-    it). Graph building (Dynamo, TorchScript tracing, ONNX export) then takes minutes less; every code path stays, the
-    blocks of a stage being identical."""
+    """Cut every stage of the TransNeXt / TransXNet backbones inside ``model`` to ``MAX_BLOCKS`` blocks (in place;
+    returns it). Graph building (Dynamo, TorchScript tracing, ONNX export) then takes minutes less; every code path
+    stays, the blocks of a stage being identical."""
     for m in model.modules():
-        if hasattr(m, "block3") and len(m.block3) > 2:
-            m.block3 = m.block3[:2]
-        if type(m).__name__ == "TransXNet" and len(m.network[4]) > 2:
-            m.network[4] = m.network[4][:2]
+        name = type(m).__name__
+        stages = [f"block{i}" for i in range(1, 5)] if name == "TransNeXt" else []
+        for attr in stages:
+            setattr(m, attr, getattr(m, attr)[:MAX_BLOCKS])
+        if name == "TransXNet":
+            for i in (0, 2, 4, 6):
+                m.network[i] = m.network[i][:MAX_BLOCKS]
     return model
+
+
+def short_variants(monkeypatch) -> None:
+    """Every TransNeXt / TransXNet variant declared with ``MAX_BLOCKS`` blocks per stage for the rest of the test:
+    what :func:`shorten_backbones` does, for models built later from a YAML (Ultralytics' trainer builds its own)."""
+    from yolo_plugins.nn.transnext import TransNeXt
+    from yolo_plugins.nn.transxnet import TransXNet
+
+    for cls, key in ((TransNeXt, "depths"), (TransXNet, "layers")):
+        short = {k: {**v, key: [min(d, MAX_BLOCKS) for d in v[key]]} for k, v in cls.variants.items()}
+        monkeypatch.setattr(cls, "variants", short)

@@ -6,7 +6,7 @@ Graph breaks are counted with ``torch._dynamo.explain`` (tests/compile_helpers.p
 fresh ("cold") and after an eager run at the same size ("warm": inference caches filled, which is what a model that
 predicted before being compiled meets), and on the blocks in eval and train mode. Only breaks whose user stack passes
 through ``yolo_plugins`` count; Ultralytics' own (``make_anchors``' data-dependent ``torch.arange``, also in stock
-models) do not. To keep Dynamo's tracing short, the backbones' long third stage is cut to two blocks (every code path
+models) do not. To keep Dynamo's tracing short, every backbone stage is cut to two blocks (every code path
 stays: the blocks of a stage are identical).
 """
 
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compile_helpers import graph_breaks, shorten_backbones
+from compile_helpers import graph_breaks, short_variants, shorten_backbones
 
 from yolo_plugins.tools.precision import CASES, build_case, perturb
 
@@ -138,8 +138,8 @@ def test_ultralytics_compile_true(family, tmp_path, monkeypatch):
     torch._dynamo.reset()
     monkeypatch.chdir(tmp_path)
     data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))
+    short_variants(monkeypatch)  # the trainer builds its model from the YAML again
     yolo = YOLO(f"yolov8n-{family}.yaml")
-    shorten_backbones(yolo.model)
     yolo.train(
         data=str(data), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", plots=False, val=False,
         compile=True, project=str(tmp_path), name="c", verbose=False,

@@ -311,7 +311,7 @@ def test_half_precision_exports(family, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     yolo = YOLO(f"yolov8n-{family}.yaml")
-    perturb(shorten_backbones(yolo.model))  # stage 3 of two blocks: every code path, minutes less of tracing
+    perturb(shorten_backbones(yolo.model))  # two blocks per stage: every code path, minutes less of tracing
     model = copy.deepcopy(yolo.model).fuse(verbose=False).eval()
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
