@@ -16,6 +16,8 @@ Example (in a test)::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,12 +80,28 @@ def shorten_backbones(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def short_variants(monkeypatch) -> None:
-    """Every TransNeXt / TransXNet variant declared with ``MAX_BLOCKS`` blocks per stage for the rest of the test:
-    what :func:`shorten_backbones` does, for models built later from a YAML (Ultralytics' trainer builds its own)."""
+def short_variant_tables() -> list[tuple[type, dict]]:
+    """``(backbone class, its variants table)`` for TransNeXt and TransXNet with every variant at ``MAX_BLOCKS``
+    blocks per stage: what :func:`shorten_backbones` does, for models built from a YAML (Ultralytics' trainer builds
+    its own)."""
     from yolo_plugins.nn.transnext import TransNeXt
     from yolo_plugins.nn.transxnet import TransXNet
 
-    for cls, key in ((TransNeXt, "depths"), (TransXNet, "layers")):
-        short = {k: {**v, key: [min(d, MAX_BLOCKS) for d in v[key]]} for k, v in cls.variants.items()}
-        monkeypatch.setattr(cls, "variants", short)
+    return [
+        (cls, {k: {**v, key: [min(d, MAX_BLOCKS) for d in v[key]]} for k, v in cls.variants.items()})
+        for cls, key in ((TransNeXt, "depths"), (TransXNet, "layers"))
+    ]
+
+
+@contextmanager
+def short_variants() -> Iterator[None]:
+    """Models built inside (from a YAML, by a trainer, ...) have short backbones (:func:`short_variant_tables`)."""
+    tables = short_variant_tables()
+    saved = [(cls, cls.variants) for cls, _ in tables]
+    try:
+        for cls, table in tables:
+            cls.variants = table
+        yield
+    finally:
+        for cls, table in saved:
+            cls.variants = table

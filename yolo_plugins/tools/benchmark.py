@@ -43,6 +43,7 @@ def resolve_model(name: str) -> str:
         raise ModelNameError(str(e) if isinstance(e, ModelNameError) else not_found(name)) from None
     return name
 
+
 # the default run: the stock baseline, the convolutional and the attention plugin backbone that learn from scratch in
 # a CPU budget of 20 minutes (TransNeXt needs more data or pretrained weights: see docs/benchmark.md)
 DEFAULT_MODELS = ("yolov8n.yaml", "yolov8n-repvit.yaml", "yolov8n-transxnet.yaml")
