@@ -131,12 +131,12 @@ def test_fused_attention_matches_written_out_attention_with_gradients():
     x = torch.randn(2, 32, 12, 16, requires_grad=True)
     grads = []
     for exporting in (False, True):
-        X_exporting = X._exporting
-        X._exporting = lambda: exporting
+        X_tracing = X.tracing
+        X.tracing = lambda: exporting
         try:
             y = m(x, bias)
         finally:
-            X._exporting = X_exporting
+            X.tracing = X_tracing
         g = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), [x, bias, m.q.weight])
         grads.append((y, *g))
     for a, b in zip(*grads):
@@ -213,7 +213,9 @@ def test_onnx_matches_onnxruntime(tiny):
         torch.testing.assert_close(torch.from_numpy(o), r, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("q0,k0,nq,nk", [(3136, 49, 25600, 400), (784, 49, 6400, 400), (3136, 49, 15360, 240), (49, 9, 196, 12)])
+@pytest.mark.parametrize(
+    "q0,k0,nq,nk", [(3136, 49, 25600, 400), (784, 49, 6400, 400), (3136, 49, 15360, 240), (49, 9, 196, 12)]
+)
 def test_graph_resize_equals_bicubic(q0, k0, nq, nk):
     """Exported graphs resize the position tables at run time from small periodic matrices (TransXNet-T's stage 1 and
     2 tables at 640 and 384x640): the bicubic resize in exact arithmetic, i.e. within 1e-6 of float64 F.interpolate;

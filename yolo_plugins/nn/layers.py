@@ -28,6 +28,7 @@ __all__ = [
     "exporting_with",
     "CSPBlock",
     "to_2tuple",
+    "tracing",
     "tracing_for_ncnn",
     "table_building",
     "untraced",
@@ -63,9 +64,16 @@ def addcmul(t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (the same rounding: the product, then the sum). PyTorch's ONNX exporter emits ``addcmul`` with a float32 constant
     and casts, so a half-precision graph (``export(half=True)`` on a GPU) mixed float16 and float32 and ONNX Runtime
     refused to load it; pnnx (NCNN) has no ``addcmul`` and wrote an unloadable ``model_pnnx.py``."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+    if tracing():
         return t + a * b
     return torch.addcmul(t, a, b)
+
+
+def tracing() -> bool:
+    """True while the TorchScript tracer or scripter records the forward: ``torch.jit.trace``/``script``,
+    ``torch.onnx.export(dynamo=False)`` as Ultralytics calls it, and the OpenVINO and pnnx/NCNN converters, which
+    trace first."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
 @contextmanager

@@ -65,6 +65,7 @@ from .layers import (
     table_building,
     to_2tuple,
     tokens_to_map,
+    tracing,
     tracing_for_ncnn,
     untraced,
 )
@@ -482,7 +483,7 @@ def _graph_mode() -> str | None:
     calls it, and the OpenVINO and pnnx/NCNN converters, which trace first), None in eager runs."""
     if getattr(torch.compiler, "is_compiling", lambda: False)():
         return "compile"
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+    if tracing():
         return "trace"
     return None
 

@@ -54,6 +54,7 @@ from .layers import (
     export_is_dynamic,
     map_to_tokens,
     table_building,
+    tracing,
     tracing_for_ncnn,
     untraced,
 )
@@ -76,10 +77,6 @@ __all__ = [
 ]
 
 PosEnc = Optional[Union[torch.Tensor, Callable[[int, int], torch.Tensor]]]
-
-
-def _exporting() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
 def _autocast(device: torch.device) -> bool:
@@ -266,7 +263,7 @@ class _StagePosEnc:
     def __call__(self, nq: int, nk: int) -> torch.Tensor:
         v = self.value
         if v is None or v.shape[-2] != nq or v.shape[-1] != nk:
-            if _exporting():
+            if tracing():
                 v = self.value = graph_resize_pos_enc(self.enc, nq, nk, self.anchor)
             else:
                 v = self.value = self.cache.resize(self.enc, nq, nk, self.tag)
@@ -363,7 +360,7 @@ class OSRA(nn.Module):
         B, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
         kv = _dw_plus_identity(self.local_conv, self.sr(x))  # LR(kv) + kv
-        if _exporting():  # the same heads from 4-d reshapes of the NCHW maps (NCNN has no 5-d unflatten)
+        if tracing():  # the same heads from 4-d reshapes of the NCHW maps (NCNN has no 5-d unflatten)
             q = self.q(x).reshape(B, h, d, H * W).transpose(-2, -1)
             k, v = (t.reshape(B, h, d, -1).transpose(-2, -1) for t in self.kv(kv).chunk(2, dim=1))
         else:  # heads as views of the (channels-last) maps: (B, h, N, d) queries, (B, h, M, d) keys and values
@@ -375,7 +372,7 @@ class OSRA(nn.Module):
             bias = relative_pos_enc(N, M) if callable(relative_pos_enc) else resize_pos_enc(relative_pos_enc, N, M)
             if bias.dtype != q.dtype:  # no cast otherwise: a traced one per block made graph simplifiers (onnxslim)
                 bias = bias.to(q.dtype)  # store the stage's resized table once per block (334 MB ONNX for 58 MB)
-        if _exporting():  # (B, h, N, d) -> (B, C, H, W) by a 4-d reshape
+        if tracing():  # (B, h, N, d) -> (B, C, H, W) by a 4-d reshape
             return self._attend(q, k, v, bias).transpose(-2, -1).reshape(B, C, H, W)
         # PyTorch's fused attention: scale, bias, softmax and the value product in one cache-blocked kernel (it needs
         # unit stride along the channels; NCHW maps of a YAML neck have not, and PyTorch's fallback then materialises
@@ -469,7 +466,7 @@ class IDConv(nn.Module):
             a = self.proj(x.mean(dim=(-2, -1), keepdim=True)).reshape(B, G, C).softmax(dim=1)
             bias = (a * self.bias.unsqueeze(0)).sum(dim=1).reshape(-1)
         if B == 1:
-            if bias is not None and _exporting():  # Core ML needs a conv's bias constant: add the mixed one after
+            if bias is not None and tracing():  # Core ML needs a conv's bias constant: add the mixed one after
                 y = F.conv2d(x, weight.reshape(C, 1, K, K), None, padding=K // 2, groups=C)
                 return y + bias.reshape(1, C, 1, 1)
             return F.conv2d(x, weight.reshape(C, 1, K, K), bias, padding=K // 2, groups=C)
@@ -595,7 +592,7 @@ class MultiScaleDWConv(nn.Module):
         return w, torch.cat([c.bias for c in self.proj])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or _exporting():  # the four convs as written (see forward_plus_identity)
+        if torch.is_grad_enabled() or tracing():  # the four convs as written (see forward_plus_identity)
             return torch.cat([_dwconv(conv, t) for conv, t in zip(self.proj, x.split(self.channels, dim=1))], dim=1)
         w, b = self.kernel()
         return F.conv2d(x, w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
@@ -610,7 +607,7 @@ class MultiScaleDWConv(nn.Module):
         Half precision would round the identity into the kernel: there it is added after the conv.
         """
         exact = x.dtype in (torch.float32, torch.float64)
-        if _exporting():
+        if tracing():
             with untraced(), torch.no_grad():
                 w, b = self.kernel(identity=exact)
             y = F.conv2d(x, w.to(x.dtype), b.to(x.dtype), padding=w.shape[-1] // 2, groups=w.shape[0])
@@ -652,7 +649,7 @@ class MSFFN(nn.Module):
         # inference: the residual joins the depthwise kernels, ``norm`` and ``fc2.1`` fold into the 1x1 conv, and
         # without autograd the hidden-size activations are updated in place (no fresh buffers to page-fault in)
         conv, act, bn = self.fc1
-        in_place = type(act) is type(self.act) is nn.GELU and not (torch.is_grad_enabled() or _exporting())
+        in_place = type(act) is type(self.act) is nn.GELU and not (torch.is_grad_enabled() or tracing())
         if not in_place:
             x = self.act(self.dwconv.forward_plus_identity(self.fc1(x)))
         else:
@@ -907,7 +904,7 @@ class TransXNet(Backbone):
         """A stage's output norm. Exported graphs call ``group_norm`` as a function: a YOLO neck leaves the stride-4
         output unused, and pnnx (NCNN's converter) crashed with a segmentation fault on the unused GroupNorm module
         call, writing no ``model_pnnx.py``."""
-        if isinstance(norm, nn.GroupNorm) and _exporting():
+        if isinstance(norm, nn.GroupNorm) and tracing():
             return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
         return norm(x)
 
