@@ -640,6 +640,31 @@ def test_onnx_small_file_equal_outputs(tmp_path):
         assert abs(a - b.numpy()).max() < 1e-4
 
 
+def test_mnn_graph_has_no_reduce_l2(tmp_path):
+    """Traced for MNN (the exporter hook hands the format to graph paths), the q/k norms are roots of squares: MNN
+    3.6.1 reads ONNX's ReduceL2 from opset 18 on as a reduction over every axis. Other formats keep ReduceL2; both
+    graphs compute the same features in ONNX Runtime."""
+    from types import SimpleNamespace
+
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from yolo_plugins.nn.layers import exporting_with
+
+    m = _small_backbone()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = m(x)
+    for fmt in ("mnn", "onnx"):
+        path = tmp_path / f"{fmt}.onnx"
+        with torch.no_grad(), exporting_with(SimpleNamespace(format=fmt, dynamic=False)):
+            torch.onnx.export(m, (x,), str(path), opset_version=18, input_names=["images"], dynamo=False)
+        ops = {n.op_type for n in onnx.load(path).graph.node}
+        assert ("ReduceL2" in ops) == (fmt != "mnn"), sorted(ops)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for a, b in zip(sess.run(None, {"images": x.numpy()}), ref):
+            assert abs(a - b.numpy()).max() < 1e-4
+
+
 @pytest.mark.compile
 def test_compile_has_no_graph_breaks():
     """torch._dynamo.explain on the eval backbone and a neck block: no graph break, also after eager runs filled the

@@ -24,6 +24,7 @@ __all__ = [
     "LayerNorm2d",
     "fuse_conv_bn",
     "drop_path_rates",
+    "export_format",
     "export_is_dynamic",
     "exporting_with",
     "CSPBlock",
@@ -123,6 +124,12 @@ def export_is_dynamic() -> bool:
     """True inside an Ultralytics export with ``dynamic=True``: the graph must run at any input height and width
     (Ultralytics predicts such a model at each image's own letterboxed size, e.g. 640x480 for a portrait photo)."""
     return bool(getattr(_EXPORT_ARGS.get(), "dynamic", False))
+
+
+def export_format() -> str | None:
+    """The format of the Ultralytics export in progress (``"onnx"``, ``"mnn"``, ...), None outside one."""
+    fmt = getattr(_EXPORT_ARGS.get(), "format", None)
+    return str(fmt).lower() if fmt else None
 
 
 def tracing_for_ncnn() -> bool:

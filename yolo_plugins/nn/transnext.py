@@ -61,6 +61,7 @@ from .layers import (
     DropPath,
     channels_last,
     drop_path_rates,
+    export_format,
     map_to_tokens,
     table_building,
     to_2tuple,
@@ -494,8 +495,14 @@ def _building_graph() -> bool:
 
 
 def _normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """``F.normalize(x, dim=dim)`` in operations every converter knows (pnnx has no ``clamp_min``)."""
-    return x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp(min=1e-12)
+    """``F.normalize(x, dim=dim)`` in operations every converter knows (pnnx has no ``clamp_min``). Traced for MNN,
+    the norm is a root of squares: MNN 3.6.1 reads ONNX's ``ReduceL2`` from opset 18 on (axes given as an input) as a
+    reduction over every axis, which divided each query and key by the norm of the whole tensor."""
+    if _graph_mode() == "trace" and export_format() == "mnn":
+        norm = (x * x).sum(dim, keepdim=True).sqrt()
+    else:
+        norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+    return x / norm.clamp(min=1e-12)
 
 
 def _cached(fn, *args):
@@ -790,15 +797,10 @@ class AggregatedAttention(nn.Module):
             ``pretrain_size // stride`` of the stage).
     """
 
-    # MNN's converter reads the ONNX graph, which equals PyTorch, yet MNN computes something else (measured
-    # 2026-12-01, MNN 3.6.1, yolov8n-transnext at 64x96: mean |box difference| 62 px on bus.jpg, 6 px on noise,
-    # the same at MNN's low, normal and high precision). onnx2tf 1.x (SavedModel, GraphDef, Edge TPU; measured
-    # 2026-12-02 at 64x96 and 640): "tf.norm: 'axis' must be None, an integer, or a tuple" on ReduceL2; with the
-    # norm as a root of squares, "Dimensions must be equal, but are 24 and 2" after its NCHW -> NHWC transposition.
+    # onnx2tf 1.x (SavedModel, GraphDef, Edge TPU; measured 2026-12-02 at 64x96 and 640): "tf.norm: 'axis' must be
+    # None, an integer, or a tuple" on ReduceL2; with the norm as a root of squares, "Dimensions must be equal, but
+    # are 24 and 2" after its NCHW -> NHWC transposition.
     export_unsupported: ClassVar[dict[str, str]] = {
-        "mnn": "MNN 3.6.1 computes TransNeXt's aggregated attention differently from PyTorch (boxes off by tens of "
-        "pixels at every MNN precision, while the ONNX file it converts matches); export to onnx, openvino or ncnn "
-        "instead",
         **dict.fromkeys(
             ("saved_model", "pb", "edgetpu"),
             "onnx2tf (Ultralytics' TensorFlow converter) cannot convert TransNeXt's attention graph (it fails on "
