@@ -80,28 +80,18 @@ def shorten_backbones(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def short_variant_tables() -> list[tuple[type, dict]]:
-    """``(backbone class, its variants table)`` for TransNeXt and TransXNet with every variant at ``MAX_BLOCKS``
-    blocks per stage: what :func:`shorten_backbones` does, for models built from a YAML (Ultralytics' trainer builds
-    its own)."""
+@contextmanager
+def short_variants() -> Iterator[None]:
+    """Models built inside (from a YAML, by Ultralytics' trainer, ...) get what :func:`shorten_backbones` does: every
+    TransNeXt / TransXNet variant is declared with ``MAX_BLOCKS`` blocks per stage meanwhile."""
     from yolo_plugins.nn.transnext import TransNeXt
     from yolo_plugins.nn.transxnet import TransXNet
 
-    return [
-        (cls, {k: {**v, key: [min(d, MAX_BLOCKS) for d in v[key]]} for k, v in cls.variants.items()})
-        for cls, key in ((TransNeXt, "depths"), (TransXNet, "layers"))
-    ]
-
-
-@contextmanager
-def short_variants() -> Iterator[None]:
-    """Models built inside (from a YAML, by a trainer, ...) have short backbones (:func:`short_variant_tables`)."""
-    tables = short_variant_tables()
-    saved = [(cls, cls.variants) for cls, _ in tables]
+    saved = {TransNeXt: TransNeXt.variants, TransXNet: TransXNet.variants}
     try:
-        for cls, table in tables:
-            cls.variants = table
+        for cls, key in ((TransNeXt, "depths"), (TransXNet, "layers")):
+            cls.variants = {k: {**v, key: [min(d, MAX_BLOCKS) for d in v[key]]} for k, v in cls.variants.items()}
         yield
     finally:
-        for cls, table in saved:
+        for cls, table in saved.items():
             cls.variants = table

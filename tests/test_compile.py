@@ -21,7 +21,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compile_helpers import graph_breaks, short_variant_tables, shorten_backbones
+from compile_helpers import graph_breaks, short_variants, shorten_backbones
 
 from yolo_plugins.tools.precision import CASES, build_case, perturb
 
@@ -138,13 +138,12 @@ def test_ultralytics_compile_true(family, tmp_path, monkeypatch):
     torch._dynamo.reset()
     monkeypatch.chdir(tmp_path)
     data = make_dataset(tmp_path / "data", DatasetSpec(n_train=4, n_val=2, imgsz=64))
-    for cls, table in short_variant_tables():  # the trainer builds its model from the YAML again
-        monkeypatch.setattr(cls, "variants", table)
-    yolo = YOLO(f"yolov8n-{family}.yaml")
-    yolo.train(
-        data=str(data), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", plots=False, val=False,
-        compile=True, project=str(tmp_path), name="c", verbose=False,
-    )  # fmt: skip
+    with short_variants():  # the trainer builds its model from the YAML again
+        yolo = YOLO(f"yolov8n-{family}.yaml")
+        yolo.train(
+            data=str(data), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", plots=False, val=False,
+            compile=True, project=str(tmp_path), name="c", verbose=False,
+        )  # fmt: skip
     assert compiled, "the trainer did not compile the model"
     assert torch.isfinite(torch.as_tensor([float(v) for v in yolo.trainer.tloss.values()])).all()
     n = len(compiled)

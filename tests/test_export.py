@@ -258,9 +258,9 @@ def test_markdown_table():
 
 
 # ------------------------------------------------------------------------------------ the matrix (pytest -m export)
-# every family and a timm row; the n scale, TransNeXt's and TransXNet's long third stage cut to two blocks (the same
-# code; tracing and converting the full 15 or 9 blocks took most of this matrix's time); a non-square size (multiple of
-# the stride 32). The 640 matrix in docs/deployment.md exports the full models.
+# every family and a timm row; the n scale, every TransNeXt and TransXNet stage cut to two blocks (the same code;
+# tracing and converting the full backbones took most of this matrix's time); a non-square size (multiple of the
+# stride 32). The 640 matrix in docs/deployment.md exports the full models.
 FAMILIES = {
     "repvit": "yolov8n-repvit.yaml",
     "transxnet": "yolov8n-transxnet.yaml",
