@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from compile_helpers import shorten_backbones
+from compile_helpers import short_variants
 from conftest import ScaledConv, toy_yaml
 
 import yolo_plugins
@@ -330,7 +330,8 @@ def test_export_matrix(name, key, matrix_dir, calibration_data):
         if os.environ.get("YOLO_PLUGINS_EXPORT_STRICT") == "1":  # .ci/export installed the extra: nothing may skip
             pytest.fail(f"the export extra is installed, yet {key} lacks {missing}")
         pytest.skip(f"not installed: {missing} (pip install 'yolo-plugins[export]')")
-    pt = M.prepare_checkpoint(name, matrix_dir / "checkpoints", edit=shorten_backbones)
+    with short_variants():
+        pt = M.prepare_checkpoint(name, matrix_dir / "checkpoints")
     row = M.run_case(pt, case, IMGSZ, matrix_dir / "runs", data=calibration_data, repeats=1)
     assert row.status != "failed", row.note
     if row.status == "refused":  # by design: one clear message naming the module and what to use instead

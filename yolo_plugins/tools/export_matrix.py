@@ -24,14 +24,12 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .trained import photo_crops, trained_looking
 
@@ -161,12 +159,9 @@ def missing_modules(case: Case) -> list[str]:
 _images = photo_crops  # real-photo calibration crops (tools.trained)
 
 
-def prepare_checkpoint(
-    name: str, folder: str | os.PathLike, seed: int = 0, edit: Callable[[nn.Module], object] | None = None
-) -> Path:
-    """Build ``name`` (a model YAML or ``.pt``), apply ``edit`` to its network (e.g. the tests' shorter backbones),
-    make it :func:`trained_looking` and save it as ``folder/<stem>.pt`` (Ultralytics' checkpoint format); an existing
-    file is reused."""
+def prepare_checkpoint(name: str, folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Build ``name`` (a model YAML or ``.pt``), make it :func:`trained_looking` and save it as ``folder/<stem>.pt``
+    (Ultralytics' checkpoint format); an existing file is reused."""
     from ultralytics import YOLO
 
     folder = Path(folder)
@@ -177,8 +172,6 @@ def prepare_checkpoint(
     torch.manual_seed(seed)
     with _quiet():
         y = YOLO(name)
-        if edit is not None:
-            edit(y.model)
         trained_looking(y.model, seed)
         y.save(out)
     return out
