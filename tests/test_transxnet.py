@@ -6,6 +6,7 @@ import copy
 import io
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 import yolo_plugins
 import yolo_plugins.nn.transxnet as X
 from yolo_plugins import CheckpointError, PluginError, create_backbone
+from yolo_plugins.nn.layers import exporting_with
 from yolo_plugins.nn.registry import get_entry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,6 +290,40 @@ def test_onnx_block_batch2():
     (out,) = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), blk(x), atol=1e-4, rtol=1e-4)
+
+
+def _computed_conv_weights(ep) -> list[str]:
+    """Convolutions of an ExportedProgram whose weight is computed in the graph (not a parameter or constant)."""
+    sig = ep.graph_signature
+    held = set(sig.inputs_to_parameters) | set(sig.inputs_to_buffers) | set(sig.inputs_to_lifted_tensor_constants)
+    convs = [n for n in ep.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    return [list(n.meta["nn_module_stack"].values())[-1][0] for n in convs if n.args[1].name not in held]
+
+
+def test_torch_export_after_the_dry_run_holds_merged_kernels_as_constants():
+    """``torch.export`` (Ultralytics' ExecuTorch, LiteRT and Core AI paths) inside an export whose eager dry run came
+    first: every merged or folded kernel and the position-table resize operands are constants (XNNPACK delegates only
+    convolutions with constant weights), only IDConv's per-image kernel is computed in the graph; equal outputs;
+    nothing is left on the modules afterwards. Without the dry run the kernels are built in the graph, equally."""
+    torch.manual_seed(4)
+    blk = randomize(X.TransXNetBlock(16, pos_size=5)).eval()  # own table, 5x5 -> 10x10 queries: the resize plan
+    x = torch.randn(1, 16, 10, 10)
+    args = SimpleNamespace(format="executorch", dynamic=False)
+    with torch.no_grad():
+        ref = blk(x)
+        with exporting_with(args):
+            blk(x)  # the exporter's dry run
+            ep = torch.export.export(blk, (x,))
+        with exporting_with(args):
+            bare = torch.export.export(blk, (x,))
+        assert _computed_conv_weights(ep) == ["token_mixer.local_unit"], _computed_conv_weights(ep)
+        assert len(_computed_conv_weights(bare)) > 3
+        assert not any(str(n.target) == "aten.upsample_bicubic2d.vec" for n in ep.graph.nodes)
+        assert any(str(n.target) == "aten.upsample_bicubic2d.vec" for n in bare.graph.nodes)
+        torch.testing.assert_close(ep.module()(x), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(bare.module()(x), ref, atol=1e-5, rtol=1e-5)
+    assert not [m for m in blk.modules() if "_yolo_plugins_export_constants" in m.__dict__]
+    assert "_yolo_plugins_export_constants" not in X.resize_operands.__dict__
 
 
 # -------------------------------------------------------------------------------------------------- checkpoints

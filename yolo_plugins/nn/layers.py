@@ -5,10 +5,13 @@ No family re-implements these; each family file imports what it needs from here.
 
 from __future__ import annotations
 
+import itertools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -24,6 +27,7 @@ __all__ = [
     "LayerNorm2d",
     "fuse_conv_bn",
     "drop_path_rates",
+    "export_constant",
     "export_format",
     "export_is_dynamic",
     "exporting_with",
@@ -106,29 +110,82 @@ def table_building() -> Iterator[None]:
         yield
 
 
-_EXPORT_ARGS: ContextVar = ContextVar("yolo_plugins_export_args", default=None)
+@dataclass
+class _Export:
+    """An Ultralytics export in progress: its arguments; the owners of the constants its eager dry run recorded."""
+
+    args: object
+    serial: int
+    owners: list = field(default_factory=list)
+
+
+_EXPORT: ContextVar[_Export | None] = ContextVar("yolo_plugins_export", default=None)
+_SERIAL = itertools.count(1)
+_RECORDS = "_yolo_plugins_export_constants"  # on the owner itself: torch.export runs a deep copy of the model
+T = TypeVar("T")
 
 
 @contextmanager
 def exporting_with(args: object) -> Iterator[None]:
     """Mark an Ultralytics export in progress with its arguments (``integration.export`` wraps ``Exporter.__call__``
-    in it), so graph paths can depend on them (see :func:`export_is_dynamic`)."""
-    token = _EXPORT_ARGS.set(args)
+    in it), so graph paths can depend on them (see :func:`export_is_dynamic`) and the exporter's dry run can record
+    :func:`export_constant` values for ``torch.export``. Everything recorded is dropped on exit."""
+    state = _Export(args, next(_SERIAL))
+    token = _EXPORT.set(state)
     try:
         yield
     finally:
-        _EXPORT_ARGS.reset(token)
+        _EXPORT.reset(token)
+        for owner in state.owners:
+            owner.__dict__.pop(_RECORDS, None)
+
+
+def export_constant(owner: object, key: Hashable, fn: Callable[[], T]) -> T:
+    """``fn()``: a tensor (or tuple of tensors) computed only from ``owner``'s weights or from sizes (a merged kernel,
+    BatchNorms folded into a 1x1 conv, a geometry table), entering exported graphs as a constant.
+
+    - Eager (and ``torch.compile``): ``fn()``, differentiable. Inside an Ultralytics export the exporter's eager dry
+      run (``model(im)`` before converting) also records the value on ``owner`` (a module or a function) under
+      ``key``.
+    - Traced (TorchScript, ONNX, OpenVINO, pnnx): ``fn()`` outside the trace (converters need a kernel's shape).
+    - ``torch.export`` (ExecuTorch, LiteRT, Core AI): the value recorded in this export, so the program holds the
+      result instead of the operations that built it from parameters; XNNPACK delegates only convolutions whose
+      weights are constants (ExecuTorch ran TransXNet's merged depthwise kernels on its portable kernels). Without a
+      record (``torch.export`` outside Ultralytics' exporter) ``fn()`` is exported as operations, with equal results.
+    """
+    state = _EXPORT.get()
+    if tracing():
+        with untraced(), torch.no_grad():
+            return fn()
+    if state is not None and torch.compiler.is_exporting():
+        serial, value = owner.__dict__.get(_RECORDS, {}).get(key, (None, None))
+        return value if serial == state.serial else fn()
+    value = fn()
+    if state is not None and not (torch.is_grad_enabled() or torch.compiler.is_compiling()):
+        with torch.inference_mode(False):  # a plain tensor: inference tensors cannot enter the exported program
+            kept = tuple(v.clone() for v in value) if isinstance(value, tuple) else value
+            kept = kept.clone() if isinstance(kept, torch.Tensor) else kept
+        if _RECORDS not in owner.__dict__:
+            owner.__dict__[_RECORDS] = {}
+            state.owners.append(owner)
+        owner.__dict__[_RECORDS][key] = (state.serial, kept)
+    return value
+
+
+def _export_args() -> Any:
+    state = _EXPORT.get()
+    return None if state is None else state.args
 
 
 def export_is_dynamic() -> bool:
     """True inside an Ultralytics export with ``dynamic=True``: the graph must run at any input height and width
     (Ultralytics predicts such a model at each image's own letterboxed size, e.g. 640x480 for a portrait photo)."""
-    return bool(getattr(_EXPORT_ARGS.get(), "dynamic", False))
+    return bool(getattr(_export_args(), "dynamic", False))
 
 
 def export_format() -> str | None:
     """The format of the Ultralytics export in progress (``"onnx"``, ``"mnn"``, ...), None outside one."""
-    fmt = getattr(_EXPORT_ARGS.get(), "format", None)
+    fmt = getattr(_export_args(), "format", None)
     return str(fmt).lower() if fmt else None
 
 

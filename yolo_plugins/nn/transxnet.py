@@ -51,12 +51,13 @@ from .layers import (
     addcmul,
     channels_last,
     drop_path_rates,
+    export_constant,
+    export_format,
     export_is_dynamic,
     map_to_tokens,
     table_building,
     tracing,
     tracing_for_ncnn,
-    untraced,
 )
 from .registry import register_module
 
@@ -117,11 +118,16 @@ def _dw_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if _autocast(x.device) or x.dtype not in (torch.float32, torch.float64) or x.dtype != conv.weight.dtype:
         return _dwconv(conv, x) + x
     k = conv.kernel_size[0]
+
+    def kernel() -> torch.Tensor:
+        eye = torch.zeros_like(conv.weight[:1, :1])
+        eye[..., k // 2, k // 2] = 1
+        return conv.weight + eye
+
+    w = export_constant(conv, "plus_identity", kernel)
     if k == 1:
-        return addcmul(conv.bias.reshape(1, -1, 1, 1), x, conv.weight.reshape(1, -1, 1, 1) + 1)
-    eye = torch.zeros_like(conv.weight[:1, :1])
-    eye[..., k // 2, k // 2] = 1
-    return F.conv2d(x, conv.weight + eye, conv.bias, 1, k // 2, groups=conv.groups)
+        return addcmul(conv.bias.reshape(1, -1, 1, 1), x, w.reshape(1, -1, 1, 1))
+    return F.conv2d(x, w, conv.bias, 1, k // 2, groups=conv.groups)
 
 
 def resize_pos_enc(enc: torch.Tensor, nq: int, nk: int) -> torch.Tensor:
@@ -174,20 +180,36 @@ def graph_resize_pos_enc(enc: torch.Tensor, nq: int, nk: int, anchor: torch.Tens
         return enc
     if tracing_for_ncnn() or export_is_dynamic():  # no gather in NCNN; a dynamic graph resizes at any size
         return resize_pos_enc(enc, nq, nk)
-    plan = _periodic_plan(q0, nq, nq * nk // 8)
-    if plan is None:
+    operands = resize_operands(enc, nq, nk)
+    if operands is None:
         return resize_pos_enc(enc, nq, nk)
-    with untraced(), torch.no_grad():
-        eye = torch.eye(k0, dtype=torch.float64)[None, None]
-        keys = F.interpolate(eye, size=(k0, nk), mode="bicubic", align_corners=False)[0, 0]  # (Nk0, nk)
-        keys = keys.to(enc.device, enc.dtype)
-        A, index = plan[0].to(enc.device, enc.dtype), plan[1].to(enc.device)
+    keys, A, index = operands
     if anchor is not None:
         enc = enc + anchor.reshape(-1)[:1].reshape(1, 1, 1, 1).to(enc.dtype) * 0
     u = (enc @ keys).index_select(2, index)  # (1, h, g * width, nk)
     width = A.shape[1]
     out = A @ u.reshape(1, -1, width, nk)  # (1, h * g, q, nk)
     return out.reshape(1, h, nq, nk)
+
+
+def resize_operands(enc: torch.Tensor, nq: int, nk: int) -> tuple[torch.Tensor, ...] | None:
+    """(keys (Nk0, nk), A (q, width), index) of :func:`graph_resize_pos_enc`, constants of the sizes; None where the
+    query axis has no short period. Under ``torch.export`` only the values an Ultralytics exporter's dry run recorded
+    (:func:`export_constant`; building them there would cache fake tensors): None without."""
+    _, _, q0, k0 = enc.shape
+
+    def build() -> tuple[torch.Tensor, ...] | None:
+        if torch.compiler.is_exporting():
+            return None
+        plan = _periodic_plan(q0, nq, nq * nk // 8)
+        if plan is None:
+            return None
+        with table_building():
+            eye = torch.eye(k0, dtype=torch.float64)[None, None]
+            keys = F.interpolate(eye, size=(k0, nk), mode="bicubic", align_corners=False)[0, 0]  # (Nk0, nk)
+            return keys.to(enc.device, enc.dtype), plan[0].to(enc.device, enc.dtype), plan[1].to(enc.device)
+
+    return export_constant(resize_operands, (q0, k0, nq, nk, enc.device, enc.dtype), build)
 
 
 class _ResizeCache:
@@ -263,10 +285,12 @@ class _StagePosEnc:
     def __call__(self, nq: int, nk: int) -> torch.Tensor:
         v = self.value
         if v is None or v.shape[-2] != nq or v.shape[-1] != nk:
-            if tracing():
-                v = self.value = graph_resize_pos_enc(self.enc, nq, nk, self.anchor)
+            if tracing() or torch.compiler.is_exporting():
+                v = self.value = graph_resize_pos_enc(self.enc, nq, nk, self.anchor if tracing() else None)
             else:
                 v = self.value = self.cache.resize(self.enc, nq, nk, self.tag)
+                if export_format() is not None and not export_is_dynamic():  # the exporter's dry run: for torch.export
+                    resize_operands(self.enc, nq, nk)
         return v
 
 
@@ -545,9 +569,9 @@ class DMixer(nn.Module):
         if self.training or _autocast(x.device):
             return p(x)
         x = p[1](p[0](x))
-        w, b = _fold_1x1(p[3], pre=p[2])
+        w, b = export_constant(p, "fold_3", lambda: _fold_1x1(p[3], pre=p[2]))
         x = p[4](F.conv2d(x, w, b))
-        w, b = _fold_1x1(p[6], pre=p[5], post=p[7])
+        w, b = export_constant(p, "fold_6", lambda: _fold_1x1(p[6], pre=p[5], post=p[7]))
         return F.conv2d(x, w, b)
 
 
@@ -594,7 +618,7 @@ class MultiScaleDWConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or tracing():  # the four convs as written (see forward_plus_identity)
             return torch.cat([_dwconv(conv, t) for conv, t in zip(self.proj, x.split(self.channels, dim=1))], dim=1)
-        w, b = self.kernel()
+        w, b = export_constant(self, "kernel", self.kernel)
         return F.conv2d(x, w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
 
     def forward_plus_identity(self, x: torch.Tensor) -> torch.Tensor:
@@ -607,15 +631,13 @@ class MultiScaleDWConv(nn.Module):
         Half precision would round the identity into the kernel: there it is added after the conv.
         """
         exact = x.dtype in (torch.float32, torch.float64)
-        if tracing():
-            with untraced(), torch.no_grad():
-                w, b = self.kernel(identity=exact)
-            y = F.conv2d(x, w.to(x.dtype), b.to(x.dtype), padding=w.shape[-1] // 2, groups=w.shape[0])
-            return y if exact else y + x
-        if torch.is_grad_enabled() or _autocast(x.device) or not exact:
+        if not tracing() and (torch.is_grad_enabled() or _autocast(x.device) or not exact):
             return self.forward(x) + x
-        w, b = self.kernel(identity=True)
-        return F.conv2d(x, w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
+        w, b = export_constant(self, ("kernel", exact), lambda: self.kernel(identity=exact))
+        if w.dtype != x.dtype:  # a half-precision trace of float32 weights
+            w, b = w.to(x.dtype), b.to(x.dtype)
+        y = F.conv2d(x, w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
+        return y if exact else y + x
 
 
 def _dwconv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -654,10 +676,10 @@ class MSFFN(nn.Module):
             x = self.act(self.dwconv.forward_plus_identity(self.fc1(x)))
         else:
             x = torch.ops.aten.gelu_(conv(x), approximate=act.approximate)
-            s, t = _bn_affine(bn)
+            s, t = export_constant(bn, "affine", lambda: _bn_affine(bn))
             x = torch.addcmul(t.reshape(1, -1, 1, 1), x, s.reshape(1, -1, 1, 1), out=x)
             x = torch.ops.aten.gelu_(self.dwconv.forward_plus_identity(x), approximate=self.act.approximate)
-        w, b = _fold_1x1(self.fc2[0], pre=self.norm, post=self.fc2[1])
+        w, b = export_constant(self, "fc2", lambda: _fold_1x1(self.fc2[0], pre=self.norm, post=self.fc2[1]))
         return F.conv2d(x, w, b)
 
 
