@@ -188,6 +188,34 @@ def test_graph_paths_see_the_export_arguments(refusing_toy, monkeypatch, tmp_pat
         E.check_exportable(model, "onnx", dynamic)
 
 
+def test_mnn_export_installs_nothing(refusing_toy, monkeypatch):
+    """MNN's converter imports a telemetry logger that runs ``pip install -U aliyun-log-python-sdk`` in the user's
+    Python when that package is missing (it pins protobuf<6, breaking onnx). While a model with plugin modules is
+    exported to MNN and the package is missing, that import fails instead (mnnconvert converts without it), and is
+    possible again afterwards; a stock model, another format, or an install that has the package: nothing changes."""
+    import importlib
+    from types import SimpleNamespace
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    monkeypatch.delitem(sys.modules, E.MNN_LOGGER, raising=False)
+    monkeypatch.setattr(E, "_missing", lambda name: name == "aliyun.log")  # a fresh install: the package is missing
+    plugin = DetectionModel(str(refusing_toy), verbose=False)
+    stock = DetectionModel("yolov8n.yaml", verbose=False)
+    mnn = SimpleNamespace(format="mnn", quantize=None, dynamic=False)
+    with E.exporting(plugin, mnn):
+        assert E.MNN_LOGGER in sys.modules and sys.modules[E.MNN_LOGGER] is None  # what makes its import fail
+        with pytest.raises(ImportError, match="halted"):
+            importlib.import_module(E.MNN_LOGGER)
+    assert E.MNN_LOGGER not in sys.modules
+    for model, args in ((stock, mnn), (plugin, SimpleNamespace(format="onnx", quantize=None, dynamic=False))):
+        with E.exporting(model, args):
+            assert E.MNN_LOGGER not in sys.modules
+    monkeypatch.setattr(E, "_missing", lambda name: False)  # the package installed: MNN's logger is left alone
+    with E.exporting(plugin, mnn):
+        assert E.MNN_LOGGER not in sys.modules
+
+
 @pytest.mark.compat
 def test_stock_models_untouched(registered, tmp_path, monkeypatch):
     """A stock model exports as before: no refusal in any format, and TorchScript gives the same outputs with the hook

@@ -19,18 +19,29 @@ restores the original ``__call__``.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
 
 from ..errors import PluginError
 from ..nn.layers import exporting_with
+from ..nn.registry import REGISTRY
 from .methodhook import MethodHook
 
-__all__ = ["ATTR", "ExportRefusedError", "ExporterHook", "check_exportable", "normalise_format", "refusals"]
+__all__ = [
+    "ATTR",
+    "ExportRefusedError",
+    "ExporterHook",
+    "check_exportable",
+    "exporting",
+    "normalise_format",
+    "refusals",
+]
 
 ATTR = "export_unsupported"
 MODULE = "ultralytics.engine.exporter"
@@ -115,14 +126,60 @@ def check_exportable(model: nn.Module, fmt: str, args: Any = None) -> None:
     raise ExportRefusedError(f"yolo-plugins cannot export this model to {what}. {reasons}")
 
 
+MNN_LOGGER = "MNN.tools.utils.log"
+
+
+def _has_plugin_modules(model: nn.Module) -> bool:
+    classes = tuple(e.cls for e in REGISTRY.values())
+    return any(isinstance(m, classes) for m in model.modules())
+
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:  # its parent package is missing
+        return True
+
+
+@contextlib.contextmanager
+def _mnn_installs_nothing(model: Any, args: Any) -> Iterator[None]:
+    """While a model with plugin modules is exported to MNN: MNN's converter (``MNN.tools.mnnconvert``) imports a
+    telemetry logger that, when ``aliyun-log-python-sdk`` is missing, runs ``pip install -U aliyun-log-python-sdk``
+    in the user's Python (that package pins ``protobuf<6``, which breaks ``onnx``). Only then (the package missing,
+    the logger not yet imported) the logger's import fails instead, which ``mnnconvert`` tolerates: it converts and
+    logs nothing. Stock models and installs that have the package are left alone."""
+    block = (
+        normalise_format(str(getattr(args, "format", ""))) == "mnn"
+        and isinstance(model, nn.Module)
+        and MNN_LOGGER not in sys.modules
+        and _missing("aliyun.log")
+        and _has_plugin_modules(model)
+    )
+    if block:
+        sys.modules[MNN_LOGGER] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        yield
+    finally:
+        if block and MNN_LOGGER in sys.modules and sys.modules[MNN_LOGGER] is None:
+            del sys.modules[MNN_LOGGER]
+
+
+@contextlib.contextmanager
+def exporting(model: Any, args: Any) -> Iterator[None]:
+    """What the hook does around one export of ``model`` with the exporter's ``args``: refuse what a plugin module
+    cannot be exported to, hand the arguments to graph paths (:func:`~yolo_plugins.nn.layers.exporting_with`), and
+    keep MNN's converter from installing packages (:func:`_mnn_installs_nothing`)."""
+    if isinstance(model, nn.Module):
+        check_exportable(model, getattr(args, "format", ""), args)
+    with exporting_with(args), _mnn_installs_nothing(model, args):
+        yield
+
+
 def make_call(original: Callable) -> Callable:
-    """``Exporter.__call__`` that asks the model's plugin modules first (see :func:`check_exportable`)."""
+    """``Exporter.__call__`` inside :func:`exporting` (refusals first, see :func:`check_exportable`)."""
 
     def __call__(self, model=None, *args, **kwargs):
-        target = model if model is not None else kwargs.get("model")
-        if isinstance(target, nn.Module):
-            check_exportable(target, getattr(self.args, "format", ""), self.args)
-        with exporting_with(self.args):  # graph paths that depend on the arguments, e.g. dynamic=True
+        with exporting(model if model is not None else kwargs.get("model"), self.args):
             return original(self, model, *args, **kwargs)
 
     return __call__
@@ -155,9 +212,8 @@ class ExporterHook(MethodHook):
 
     def on_event(self, exporter) -> None:
         self.patch()
-        check_exportable(exporter.model, exporter.args.format, exporter.args)
-        # this export runs unwrapped: its arguments are handed to graph paths from here to its on_export_end (an
-        # export that fails leaves them set until the next export, which sets its own)
-        marked = exporting_with(exporter.args)
+        # this export runs unwrapped: what exporting() does is entered here and left at its on_export_end (an export
+        # that fails leaves it entered until the next export, which enters its own)
+        marked = exporting(exporter.model, exporter.args)
         marked.__enter__()
         exporter.add_callback("on_export_end", lambda _: marked.__exit__(None, None, None))
