@@ -163,13 +163,16 @@ def export_constant(owner: object, key: Hashable, fn: Callable[[], T]) -> T:
     value = fn()
     if state is not None and not (torch.is_grad_enabled() or torch.compiler.is_compiling()):
         with torch.inference_mode(False):  # a plain tensor: inference tensors cannot enter the exported program
-            kept = tuple(v.clone() for v in value) if isinstance(value, tuple) else value
-            kept = kept.clone() if isinstance(kept, torch.Tensor) else kept
+            kept = tuple(map(_clone, value)) if isinstance(value, tuple) else _clone(value)
         if _RECORDS not in owner.__dict__:
             owner.__dict__[_RECORDS] = {}
             state.owners.append(owner)
         owner.__dict__[_RECORDS][key] = (state.serial, kept)
     return value
+
+
+def _clone(v: Any) -> Any:
+    return v.clone() if isinstance(v, torch.Tensor) else v
 
 
 def _export_args() -> Any:
