@@ -300,16 +300,18 @@ def _computed_conv_weights(ep) -> list[str]:
     return [list(n.meta["nn_module_stack"].values())[-1][0] for n in convs if n.args[1].name not in held]
 
 
-def test_torch_export_after_the_dry_run_holds_merged_kernels_as_constants():
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd-on", "no-grad"])
+def test_torch_export_after_the_dry_run_holds_merged_kernels_as_constants(grad):
     """``torch.export`` (Ultralytics' ExecuTorch, LiteRT and Core AI paths) inside an export whose eager dry run came
     first: every merged or folded kernel and the position-table resize operands are constants (XNNPACK delegates only
     convolutions with constant weights), only IDConv's per-image kernel is computed in the graph; equal outputs;
-    nothing is left on the modules afterwards. Without the dry run the kernels are built in the graph, equally."""
+    nothing is left on the modules afterwards. Without the dry run the kernels are built in the graph, equally.
+    Ultralytics' exporter runs with autograd on and its parameters frozen ("autograd-on")."""
     torch.manual_seed(4)
-    blk = randomize(X.TransXNetBlock(16, pos_size=5)).eval()  # own table, 5x5 -> 10x10 queries: the resize plan
+    blk = randomize(X.TransXNetBlock(16, pos_size=5)).eval().requires_grad_(False)  # own 5x5 table, 10x10 queries
     x = torch.randn(1, 16, 10, 10)
     args = SimpleNamespace(format="executorch", dynamic=False)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         ref = blk(x)
         with exporting_with(args):
             blk(x)  # the exporter's dry run

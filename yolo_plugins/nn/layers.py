@@ -161,8 +161,8 @@ def export_constant(owner: object, key: Hashable, fn: Callable[[], T]) -> T:
         serial, value = owner.__dict__.get(_RECORDS, {}).get(key, (None, None))
         return value if serial == state.serial else fn()
     value = fn()
-    if state is not None and not (torch.is_grad_enabled() or torch.compiler.is_compiling()):
-        with torch.inference_mode(False):  # a plain tensor: inference tensors cannot enter the exported program
+    if state is not None and not torch.compiler.is_compiling():  # (Ultralytics' exporter runs with autograd on)
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors: no inference tensors in a program
             kept = tuple(map(_clone, value)) if isinstance(value, tuple) else _clone(value)
         if _RECORDS not in owner.__dict__:
             owner.__dict__[_RECORDS] = {}
@@ -172,7 +172,7 @@ def export_constant(owner: object, key: Hashable, fn: Callable[[], T]) -> T:
 
 
 def _clone(v: Any) -> Any:
-    return v.clone() if isinstance(v, torch.Tensor) else v
+    return v.detach().clone() if isinstance(v, torch.Tensor) else v
 
 
 def _export_args() -> Any:
