@@ -301,15 +301,19 @@ def _computed_conv_weights(ep) -> list[str]:
 
 
 @pytest.mark.parametrize("grad", [True, False], ids=["autograd-on", "no-grad"])
-def test_torch_export_after_the_dry_run_holds_merged_kernels_as_constants(grad):
+@pytest.mark.parametrize("pos_size, hw", [(5, 10), (7, 20)], ids=["periodic-plan", "no-plan"])
+def test_torch_export_after_the_dry_run_holds_merged_kernels_as_constants(grad, pos_size, hw):
     """``torch.export`` (Ultralytics' ExecuTorch, LiteRT and Core AI paths) inside an export whose eager dry run came
-    first: every merged or folded kernel and the position-table resize operands are constants (XNNPACK delegates only
-    convolutions with constant weights), only IDConv's per-image kernel is computed in the graph; equal outputs;
-    nothing is left on the modules afterwards. Without the dry run the kernels are built in the graph, equally.
-    Ultralytics' exporter runs with autograd on and its parameters frozen ("autograd-on")."""
+    first: every merged or folded kernel is a constant (XNNPACK delegates only convolutions with constant weights),
+    only IDConv's per-image kernel is computed in the graph; the position table is resized by two small products with
+    constant operands ("periodic-plan": 5x5 -> 10x10 queries) or is itself a constant ("no-plan": 7x7 -> 20x20, no
+    short period), never by a bicubic resize (ExecuTorch gathers it: 1.1 s per block at 640); the GroupNorms are
+    written out (ExecuTorch's own was off by 2.8e-4 at 640). Equal outputs; nothing is left on the modules afterwards.
+    Without the dry run the kernels are built in the graph, equally. Ultralytics' exporter runs with autograd on and
+    its parameters frozen ("autograd-on")."""
     torch.manual_seed(4)
-    blk = randomize(X.TransXNetBlock(16, pos_size=5)).eval().requires_grad_(False)  # own 5x5 table, 10x10 queries
-    x = torch.randn(1, 16, 10, 10)
+    blk = randomize(X.TransXNetBlock(16, pos_size=pos_size)).eval().requires_grad_(False)
+    x = torch.randn(1, 16, hw, hw)
     args = SimpleNamespace(format="executorch", dynamic=False)
     with torch.set_grad_enabled(grad):
         ref = blk(x)
@@ -318,14 +322,33 @@ def test_torch_export_after_the_dry_run_holds_merged_kernels_as_constants(grad):
             ep = torch.export.export(blk, (x,))
         with exporting_with(args):
             bare = torch.export.export(blk, (x,))
+        ops = {str(n.target) for n in ep.graph.nodes}
         assert _computed_conv_weights(ep) == ["token_mixer.local_unit"], _computed_conv_weights(ep)
         assert len(_computed_conv_weights(bare)) > 3
-        assert not any(str(n.target) == "aten.upsample_bicubic2d.vec" for n in ep.graph.nodes)
-        assert any(str(n.target) == "aten.upsample_bicubic2d.vec" for n in bare.graph.nodes)
+        assert "aten.upsample_bicubic2d.vec" not in ops and "aten.group_norm.default" not in ops, ops
+        assert "aten.upsample_bicubic2d.vec" in {str(n.target) for n in bare.graph.nodes}
         torch.testing.assert_close(ep.module()(x), ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(bare.module()(x), ref, atol=1e-5, rtol=1e-5)
     assert not [m for m in blk.modules() if "_yolo_plugins_export_constants" in m.__dict__]
     assert "_yolo_plugins_export_constants" not in X.resize_operands.__dict__
+
+
+def test_exported_group_norm_sums_in_two_levels():
+    """The written-out GroupNorm of ``torch.export`` graphs equals ``nn.GroupNorm`` (one and several groups)."""
+    torch.manual_seed(0)
+    for groups in (1, 4):
+        norm = nn.GroupNorm(groups, 16).eval()
+        nn.init.normal_(norm.weight), nn.init.normal_(norm.bias)
+        x = torch.randn(2, 16, 24, 40) * 3 + 5  # a large mean: a one-pass variance would cancel
+
+        class Wrapped(nn.Module):
+            def forward(self, t):
+                return X._group_norm(norm, t)
+
+        ep = torch.export.export(Wrapped(), (x,))
+        assert "aten.group_norm.default" not in {str(n.target) for n in ep.graph.nodes}
+        with torch.no_grad():
+            torch.testing.assert_close(ep.module()(x), norm(x), atol=1e-5, rtol=1e-5)
 
 
 # -------------------------------------------------------------------------------------------------- checkpoints

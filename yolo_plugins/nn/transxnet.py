@@ -130,6 +130,25 @@ def _dw_plus_identity(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, w, conv.bias, 1, k // 2, groups=conv.groups)
 
 
+def _group_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``; under ``torch.export`` (ExecuTorch, LiteRT) written out with the variance of the centred values:
+    ExecuTorch's portable ``native_group_norm`` differed from PyTorch by 2.8e-4 of the largest value on a stage-1
+    map at 640 (1.2 M values per group), and the model's 34 norms took the boxes 0.4 px from PyTorch's."""
+    if not torch.compiler.is_exporting():
+        return norm(x)
+    B, C = x.shape[:2]
+    t = x.reshape(B, norm.num_groups, C // norm.num_groups, -1)  # means per channel, then per group: short sums
+
+    def mean(v: torch.Tensor) -> torch.Tensor:
+        return v.mean(-1, keepdim=True).mean(-2, keepdim=True)
+
+    d = t - mean(t)
+    y = (d * torch.rsqrt(mean(d * d) + norm.eps)).reshape(x.shape)
+    if norm.weight is None:
+        return y
+    return y * norm.weight.reshape(1, -1, 1, 1) + norm.bias.reshape(1, -1, 1, 1)
+
+
 def resize_pos_enc(enc: torch.Tensor, nq: int, nk: int) -> torch.Tensor:
     """Resize a relative position encoding (1, heads, Nq0, Nk0) -> (1, heads, nq, nk), bicubic as the official code."""
     if enc.shape[-2] == nq and enc.shape[-1] == nk:
@@ -274,24 +293,44 @@ class _ResizeCache:
         self.store.clear()
 
 
+# a resized table without a short-period plan enters a torch.export program as a constant up to this many values
+# (16 MB; TransXNet-T's last stage at 640: 1.3 M); larger ones are resized at run time
+_CONSTANT_TABLE_MAX = 1 << 22
+
+
 class _StagePosEnc:
     """Resolves a stage's shared relative position encoding once per forward for all its blocks (in exported graphs
-    with :func:`graph_resize_pos_enc`, anchored to ``anchor``, a tensor of the input)."""
+    with :func:`graph_resize_pos_enc`, anchored to ``anchor``, a tensor of the input). ``owner`` is the module that
+    holds the table (``tag`` tells its tables apart)."""
 
-    def __init__(self, enc: torch.Tensor, cache: _ResizeCache, tag: Any, anchor: torch.Tensor | None = None):
-        self.enc, self.cache, self.tag, self.anchor = enc, cache, tag, anchor
+    def __init__(
+        self, enc: torch.Tensor, cache: _ResizeCache, tag: Any, anchor: torch.Tensor | None = None, owner: Any = None
+    ):
+        self.enc, self.cache, self.tag, self.anchor, self.owner = enc, cache, tag, anchor, owner
         self.value: torch.Tensor | None = None
 
     def __call__(self, nq: int, nk: int) -> torch.Tensor:
         v = self.value
         if v is None or v.shape[-2] != nq or v.shape[-1] != nk:
-            if tracing() or torch.compiler.is_exporting():
-                v = self.value = graph_resize_pos_enc(self.enc, nq, nk, self.anchor if tracing() else None)
+            if tracing():
+                v = graph_resize_pos_enc(self.enc, nq, nk, self.anchor)
+            elif torch.compiler.is_exporting() or (export_format() is not None and not export_is_dynamic()):
+                v = self._exported(nq, nk)  # torch.export, and the exporter's dry run that records its constants
             else:
-                v = self.value = self.cache.resize(self.enc, nq, nk, self.tag)
-                if export_format() is not None and not export_is_dynamic():  # the exporter's dry run: for torch.export
-                    resize_operands(self.enc, nq, nk)
+                v = self.cache.resize(self.enc, nq, nk, self.tag)
+            self.value = v
         return v
+
+    def _exported(self, nq: int, nk: int) -> torch.Tensor:
+        """For ``torch.export`` (ExecuTorch, LiteRT): :func:`graph_resize_pos_enc` with constant operands; where the
+        query axis has no short period, the resized table itself as a constant recorded in the exporter's dry run
+        (TransXNet-T's last stage at 640, a 7x7 table to 20x20 queries: ExecuTorch ran the bicubic resize as
+        gathers, 1.1 s per block)."""
+        if resize_operands(self.enc, nq, nk) is not None or self.owner is None:
+            return graph_resize_pos_enc(self.enc, nq, nk)
+        if self.enc.shape[1] * nq * nk > _CONSTANT_TABLE_MAX:
+            return resize_pos_enc(self.enc, nq, nk)
+        return export_constant(self.owner, ("pos_enc", self.tag, nq, nk), lambda: resize_pos_enc(self.enc, nq, nk))
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -588,7 +627,7 @@ def _init_pos_table(m: nn.Module, pos_size: int, num_heads: int, sr_ratio: int) 
 def _own_pos_enc(m: nn.Module) -> PosEnc:
     if m.relative_pos_enc is None:
         return None
-    return _StagePosEnc(m.relative_pos_enc, m._pos_cache, None)
+    return _StagePosEnc(m.relative_pos_enc, m._pos_cache, None, owner=m)
 
 
 class MultiScaleDWConv(nn.Module):
@@ -745,8 +784,8 @@ class TransXNetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, relative_pos_enc: PosEnc = None) -> torch.Tensor:
         x = _dw_plus_identity(self.pos_embed, x)  # x + DPE(x)
-        x = x + self.drop_path(self.layer_scale_1(self.token_mixer(self.norm1(x), relative_pos_enc)))
-        return x + self.drop_path(self.layer_scale_2(self.mlp(self.norm2(x))))
+        x = x + self.drop_path(self.layer_scale_1(self.token_mixer(_group_norm(self.norm1, x), relative_pos_enc)))
+        return x + self.drop_path(self.layer_scale_2(self.mlp(_group_norm(self.norm2, x))))
 
 
 register_module(DMixer, channels="same")
@@ -915,7 +954,7 @@ class TransXNet(Backbone):
         for i in range(4):
             if i:
                 x = self.network[2 * i - 1](x)
-            pos = _StagePosEnc(self.relative_pos_enc[i], self._pos_cache, i, anchor=x)
+            pos = _StagePosEnc(self.relative_pos_enc[i], self._pos_cache, i, anchor=x, owner=self)
             for blk in self.network[2 * i]:
                 x = blk(x, pos)
             outs.append(self._out_norm(getattr(self, f"norm{2 * i}"), x))
@@ -926,8 +965,10 @@ class TransXNet(Backbone):
         """A stage's output norm. Exported graphs call ``group_norm`` as a function: a YOLO neck leaves the stride-4
         output unused, and pnnx (NCNN's converter) crashed with a segmentation fault on the unused GroupNorm module
         call, writing no ``model_pnnx.py``."""
-        if isinstance(norm, nn.GroupNorm) and tracing():
-            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        if isinstance(norm, nn.GroupNorm):
+            if tracing():
+                return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+            return _group_norm(norm, x)
         return norm(x)
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
