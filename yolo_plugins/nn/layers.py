@@ -122,6 +122,7 @@ class _Export:
 _EXPORT: ContextVar[_Export | None] = ContextVar("yolo_plugins_export", default=None)
 _SERIAL = itertools.count(1)
 _RECORDS = "_yolo_plugins_export_constants"  # on the owner itself: torch.export runs a deep copy of the model
+_RECORDED_FORMATS = {"executorch"}  # where export_constant's records are used (see there)
 T = TypeVar("T")
 
 
@@ -148,20 +149,23 @@ def export_constant(owner: object, key: Hashable, fn: Callable[[], T]) -> T:
       run (``model(im)`` before converting) also records the value on ``owner`` (a module or a function) under
       ``key``.
     - Traced (TorchScript, ONNX, OpenVINO, pnnx): ``fn()`` outside the trace (converters need a kernel's shape).
-    - ``torch.export`` (ExecuTorch, LiteRT, Core AI): the value recorded in this export, so the program holds the
-      result instead of the operations that built it from parameters; XNNPACK delegates only convolutions whose
-      weights are constants (ExecuTorch ran TransXNet's merged depthwise kernels on its portable kernels). Without a
-      record (``torch.export`` outside Ultralytics' exporter) ``fn()`` is exported as operations, with equal results.
+    - ``torch.export`` for ExecuTorch: the value recorded in this export, so the program holds the result instead of
+      the operations that built it from parameters; XNNPACK delegates only convolutions whose weights are constants
+      (ExecuTorch ran TransXNet's merged depthwise kernels on its portable kernels). Other ``torch.export`` formats
+      (LiteRT, Core AI) fold such operations themselves (LiteRT's file grew by 17 % with the records: it kept the
+      unused parameters too), and without a record (``torch.export`` outside Ultralytics' exporter) ``fn()`` is
+      exported as operations: equal results either way.
     """
     state = _EXPORT.get()
     if tracing():
         with untraced(), torch.no_grad():
             return fn()
-    if state is not None and torch.compiler.is_exporting():
+    recorded = state is not None and str(getattr(state.args, "format", "")).lower() in _RECORDED_FORMATS
+    if recorded and torch.compiler.is_exporting():
         serial, value = owner.__dict__.get(_RECORDS, {}).get(key, (None, None))
         return value if serial == state.serial else fn()
     value = fn()
-    if state is not None and not torch.compiler.is_compiling():  # (Ultralytics' exporter runs with autograd on)
+    if recorded and not torch.compiler.is_compiling():  # (Ultralytics' exporter runs with autograd on)
         with torch.inference_mode(False), torch.no_grad():  # plain tensors: no inference tensors in a program
             kept = tuple(map(_clone, value)) if isinstance(value, tuple) else _clone(value)
         if _RECORDS not in owner.__dict__:
