@@ -152,8 +152,8 @@ def export_constant(owner: object, key: Hashable, fn: Callable[[], T]) -> T:
     - ``torch.export`` for ExecuTorch: the value recorded in this export, so the program holds the result instead of
       the operations that built it from parameters; XNNPACK delegates only convolutions whose weights are constants
       (ExecuTorch ran TransXNet's merged depthwise kernels on its portable kernels). Other ``torch.export`` formats
-      (LiteRT, Core AI) fold such operations themselves (LiteRT's file grew by 17 % with the records: it kept the
-      unused parameters too), and without a record (``torch.export`` outside Ultralytics' exporter) ``fn()`` is
+      (LiteRT, Core AI) fold such operations themselves (LiteRT's file grew from 66.6 to 78.2 MB at 640 with the
+      records), and without a record (``torch.export`` outside Ultralytics' exporter) ``fn()`` is
       exported as operations: equal results either way.
     """
     state = _EXPORT.get()
