@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
+    "TORCH_EXPORT_FORMATS",
     "Fusable",
     "addcmul",
     "DropPath",
@@ -122,7 +123,7 @@ class _Export:
 _EXPORT: ContextVar[_Export | None] = ContextVar("yolo_plugins_export", default=None)
 _SERIAL = itertools.count(1)
 _RECORDS = "_yolo_plugins_export_constants"  # on the owner itself: torch.export runs a deep copy of the model
-_RECORDED_FORMATS = {"executorch"}  # where export_constant's records are used (see there)
+TORCH_EXPORT_FORMATS = ("executorch", "litert", "tflite")  # where export_constant records are used (see there)
 T = TypeVar("T")
 
 
@@ -149,18 +150,18 @@ def export_constant(owner: object, key: Hashable, fn: Callable[[], T]) -> T:
       run (``model(im)`` before converting) also records the value on ``owner`` (a module or a function) under
       ``key``.
     - Traced (TorchScript, ONNX, OpenVINO, pnnx): ``fn()`` outside the trace (converters need a kernel's shape).
-    - ``torch.export`` for ExecuTorch: the value recorded in this export, so the program holds the result instead of
-      the operations that built it from parameters; XNNPACK delegates only convolutions whose weights are constants
-      (ExecuTorch ran TransXNet's merged depthwise kernels on its portable kernels). Other ``torch.export`` formats
-      (LiteRT, Core AI) fold such operations themselves (LiteRT's file grew from 66.6 to 78.2 MB at 640 with the
-      records), and without a record (``torch.export`` outside Ultralytics' exporter) ``fn()`` is
-      exported as operations: equal results either way.
+    - ``torch.export`` for ExecuTorch or LiteRT: the value recorded in this export, so the program holds the result
+      instead of the operations that built it from parameters: XNNPACK delegates only convolutions whose weights are
+      constants (ExecuTorch ran TransXNet's merged depthwise kernels on its portable kernels), and a bicubic resize
+      of a position table at run time cost ExecuTorch 1.1 s per block (LiteRT, yolov8n-transxnet at 640: 9.8 s per
+      image without the records, 1.9 s with them). Without a record (another format, or ``torch.export``
+      outside Ultralytics' exporter) ``fn()`` is exported as operations: equal results either way.
     """
     state = _EXPORT.get()
     if tracing():
         with untraced(), torch.no_grad():
             return fn()
-    recorded = state is not None and str(getattr(state.args, "format", "")).lower() in _RECORDED_FORMATS
+    recorded = state is not None and str(getattr(state.args, "format", "")).lower() in TORCH_EXPORT_FORMATS
     if recorded and torch.compiler.is_exporting():
         serial, value = owner.__dict__.get(_RECORDS, {}).get(key, (None, None))
         return value if serial == state.serial else fn()
