@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 import yaml
 from compile_helpers import short_variants
 from conftest import ScaledConv, toy_yaml
@@ -186,6 +187,46 @@ def test_graph_paths_see_the_export_arguments(refusing_toy, monkeypatch, tmp_pat
         assert [n for n, _ in E.refusals(model, fmt, dynamic)] == ["AggregatedAttention"]
     with pytest.raises(E.ExportRefusedError, match="dynamic=True would fail at run time on any other size"):
         E.check_exportable(model, "onnx", dynamic)
+
+
+def test_export_started_by_the_callback_records_constants(monkeypatch):
+    """A process whose exporter module loaded before the plugin registered exports through the ``on_export_start``
+    callback, which comes after the exporter's dry run: for ExecuTorch/LiteRT the callback runs the model once more,
+    so ``torch.export`` finds TransXNet's merged kernels recorded; they are dropped at ``on_export_end``. Stock models
+    and other formats get no extra forward."""
+    from types import SimpleNamespace
+
+    from yolo_plugins.nn import transxnet as X
+
+    class Exporter:  # what the callback reads of Ultralytics' Exporter
+        def __init__(self, model, fmt):
+            self.model, self.im, self.ends = model, torch.randn(1, 16, 10, 10), []
+            self.args = SimpleNamespace(format=fmt, dynamic=False, quantize=None)
+
+        def add_callback(self, event, fn):
+            assert event == "on_export_end"
+            self.ends.append(fn)
+
+    hook = E.ExporterHook()
+    monkeypatch.setattr(hook, "patch", lambda: None)  # the hook itself stays as the session installed it
+    blk = X.TransXNetBlock(16, pos_size=5).eval().requires_grad_(False)
+    calls = []
+    blk.register_forward_hook(lambda *a: calls.append(1))
+    for fmt, forwards in (("executorch", 1), ("tflite", 1), ("onnx", 0)):
+        calls.clear()
+        exporter = Exporter(nn.Sequential(blk), fmt)
+        hook.on_event(exporter)
+        recorded = "_yolo_plugins_export_constants" in blk.mlp.__dict__
+        exporter.ends[0](exporter)
+        assert (len(calls), recorded) == (forwards, bool(forwards)), fmt
+        assert "_yolo_plugins_export_constants" not in blk.mlp.__dict__
+    stock = nn.Sequential(nn.Conv2d(16, 16, 3))
+    stock.register_forward_hook(lambda *a: calls.append(1))
+    calls.clear()
+    exporter = Exporter(stock, "executorch")
+    hook.on_event(exporter)
+    exporter.ends[0](exporter)
+    assert not calls
 
 
 def test_mnn_export_installs_nothing(refusing_toy, monkeypatch):

@@ -29,7 +29,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import PluginError
-from ..nn.layers import exporting_with
+from ..nn.layers import TORCH_EXPORT_FORMATS, exporting_with
 from ..nn.registry import REGISTRY
 from .methodhook import MethodHook
 
@@ -217,3 +217,12 @@ class ExporterHook(MethodHook):
         marked = exporting(exporter.model, exporter.args)
         marked.__enter__()
         exporter.add_callback("on_export_end", lambda _: marked.__exit__(None, None, None))
+        model, im = exporter.model, getattr(exporter, "im", None)
+        fmt = normalise_format(str(getattr(exporter.args, "format", "")))
+        if (
+            fmt in TORCH_EXPORT_FORMATS
+            and isinstance(model, nn.Module)
+            and im is not None
+            and _has_plugin_modules(model)
+        ):
+            model(im)  # the exporter's dry run came before this callback: again, to record export_constant values
