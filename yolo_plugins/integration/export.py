@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import PluginError
 from ..nn.layers import TORCH_EXPORT_FORMATS, exporting_with
-from ..nn.registry import REGISTRY
+from ..nn.registry import plugin_modules
 from .methodhook import MethodHook
 
 __all__ = [
@@ -129,11 +129,6 @@ def check_exportable(model: nn.Module, fmt: str, args: Any = None) -> None:
 MNN_LOGGER = "MNN.tools.utils.log"
 
 
-def _has_plugin_modules(model: nn.Module) -> bool:
-    classes = tuple(e.cls for e in REGISTRY.values())
-    return any(isinstance(m, classes) for m in model.modules())
-
-
 def _missing(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is None
@@ -153,7 +148,7 @@ def _mnn_installs_nothing(model: Any, args: Any) -> Iterator[None]:
         and isinstance(model, nn.Module)
         and MNN_LOGGER not in sys.modules
         and _missing("aliyun.log")
-        and _has_plugin_modules(model)
+        and plugin_modules(model)
     )
     if block:
         sys.modules[MNN_LOGGER] = None  # type: ignore[assignment]  # import raises ImportError
@@ -219,10 +214,5 @@ class ExporterHook(MethodHook):
         exporter.add_callback("on_export_end", lambda _: marked.__exit__(None, None, None))
         model, im = exporter.model, getattr(exporter, "im", None)
         fmt = normalise_format(str(getattr(exporter.args, "format", "")))
-        if (
-            fmt in TORCH_EXPORT_FORMATS
-            and isinstance(model, nn.Module)
-            and im is not None
-            and _has_plugin_modules(model)
-        ):
+        if fmt in TORCH_EXPORT_FORMATS and isinstance(model, nn.Module) and im is not None and plugin_modules(model):
             model(im)  # the exporter's dry run came before this callback: again, to record export_constant values

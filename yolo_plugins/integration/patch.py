@@ -39,7 +39,7 @@ import torch.nn as nn
 from .._legacy import aliases
 from ..errors import IncompatibleUltralyticsError, PluginError
 from ..nn.backbone import Backbone
-from ..nn.registry import REGISTRY, Entry, subscribe, unsubscribe
+from ..nn.registry import REGISTRY, Entry, plugin_modules, subscribe, unsubscribe
 from . import names, parser
 from .compat import (
     SUPPORTED_ULTRALYTICS,
@@ -129,17 +129,12 @@ class _Names:
 _RESTORED_ATTRS = ("eps", "momentum", "inplace")
 
 
-def _plugin_modules(model: nn.Module) -> list[nn.Module]:
-    plugin_classes = tuple(e.cls for e in REGISTRY.values())
-    return [m for m in model.modules() if isinstance(m, plugin_classes)]
-
-
 def _make_initialize_weights(original: Callable) -> Callable:
     def initialize_weights(model, *args, **kwargs):
         """Ultralytics' initialize_weights for stock layers; plugin modules keep their own BN/activation settings."""
         saved = [
             (m, a, getattr(m, a))
-            for p in _plugin_modules(model)
+            for p in plugin_modules(model)
             for m in p.modules()
             for a in _RESTORED_ATTRS
             if a in vars(m)

@@ -40,6 +40,7 @@ __all__ = [
     "unregister_module",
     "get_entry",
     "list_modules",
+    "plugin_modules",
     "Listener",
     "subscribe",
     "unsubscribe",
@@ -170,3 +171,9 @@ def get_entry(name: str) -> Entry | None:
 def list_modules() -> list[Entry]:
     """All entries, sorted by name."""
     return [REGISTRY[k] for k in sorted(REGISTRY)]
+
+
+def plugin_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` (itself included) whose class is registered; empty for every stock model."""
+    classes = tuple(e.cls for e in REGISTRY.values())
+    return [m for m in model.modules() if isinstance(m, classes)]
