@@ -358,6 +358,8 @@ SLOW = {
 ALSO = {
     ("ca", "litert"),
     ("transxnet", "executorch"),
+    ("transnext", "executorch"),
+    ("transnext", "litert"),
     ("transnext", "saved_model"),
     ("transxnet", "saved_model"),
     ("transxnet", "onnx-dynamic"),

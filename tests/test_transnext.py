@@ -665,6 +665,55 @@ def test_mnn_graph_has_no_reduce_l2(tmp_path):
             assert abs(a - b.numpy()).max() < 1e-4
 
 
+# operations ExecuTorch's XNNPACK partitioner does not delegate (each one ends a delegated partition; 105 partitions and
+# a 50+ minute lowering of the full model at 640 before the graph path avoided them)
+_UNDELEGATED = {
+    "aten.sum.dim_IntList",
+    "aten.layer_norm.default",
+    "aten.split.Tensor",
+    "aten.split_with_sizes.default",
+    "aten.amax.default",
+    "aten.unsqueeze.default",
+    "aten.expand.default",
+    "aten.linalg_vector_norm.default",
+    "aten.softplus.default",
+    "aten.log2.default",
+    "aten.arange.default",
+    "aten.arange.start_step",
+}
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd-on", "no-grad"])
+def test_torch_export_for_xnnpack_keeps_attention_delegable(grad):
+    """``torch.export`` for ExecuTorch (and LiteRT) after the exporter's eager dry run: the bias tables, window bounds,
+    query scales and indices are constants recorded in the dry run (no bias MLP, no geometry in the graph), and the
+    attention, ConvGLU and LayerNorms use only operations XNNPACK delegates (means as global average pools, ``bmm``,
+    slices) besides the two bias gathers and the adaptive pooling per block. Equal outputs to the eager model, in the
+    dry run (which takes this graph path eagerly) and in the exported program; nothing is left on the modules. Without
+    the export context ``torch.export`` keeps the generic graph path (sums, layer norms)."""
+    from types import SimpleNamespace
+
+    from yolo_plugins.nn.layers import exporting_with
+
+    m = _small_backbone().requires_grad_(False)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = m(x)
+    with torch.set_grad_enabled(grad), exporting_with(SimpleNamespace(format="executorch", dynamic=False)):
+        dry = m(x)  # the exporter's dry run
+        ep = torch.export.export(m, (x,))
+    generic = torch.export.export(m, (x,))
+    ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert not ops & _UNDELEGATED, sorted(ops & _UNDELEGATED)
+    assert {"aten.sum.dim_IntList", "aten.layer_norm.default"} <= {str(n.target) for n in generic.graph.nodes}
+    with torch.no_grad():
+        for a, b, c in zip(ep.module()(x), dry, ref):
+            torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(b, c, atol=1e-4, rtol=1e-4)
+    assert not [mod for mod in m.modules() if "_yolo_plugins_export_constants" in mod.__dict__]
+    assert "_yolo_plugins_export_constants" not in T._axis_index.__dict__
+
+
 @pytest.mark.compile
 def test_compile_has_no_graph_breaks():
     """torch._dynamo.explain on the eval backbone and a neck block: no graph break, also after eager runs filled the

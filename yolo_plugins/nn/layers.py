@@ -6,6 +6,7 @@ No family re-implements these; each family file imports what it needs from here.
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -19,24 +20,30 @@ import torch.nn.functional as F
 
 __all__ = [
     "TORCH_EXPORT_FORMATS",
-    "Fusable",
-    "addcmul",
+    "CSPBlock",
     "DropPath",
-    "channels_last",
-    "map_to_tokens",
-    "tokens_to_map",
+    "Fusable",
+    "LayerNorm",
     "LayerNorm2d",
-    "fuse_conv_bn",
+    "addcmul",
+    "batched_matmul",
+    "channels_last",
     "drop_path_rates",
     "export_constant",
     "export_format",
     "export_is_dynamic",
     "exporting_with",
-    "CSPBlock",
+    "for_xnnpack",
+    "fuse_conv_bn",
+    "map_to_tokens",
+    "recording_constants",
+    "split_sizes",
+    "sum_last",
+    "table_building",
     "to_2tuple",
+    "tokens_to_map",
     "tracing",
     "tracing_for_ncnn",
-    "table_building",
     "untraced",
 ]
 
@@ -176,6 +183,19 @@ def export_constant(owner: object, key: Hashable, fn: Callable[[], T]) -> T:
     return value
 
 
+def recording_constants() -> bool:
+    """True in the eager dry run of an Ultralytics export to a ``torch.export`` format (ExecuTorch, LiteRT): modules
+    whose eager path computes other values than their graph path take the graph path there, so the
+    :func:`export_constant` values ``torch.export`` will read are recorded (the outputs are equal)."""
+    state = _EXPORT.get()
+    return (
+        state is not None
+        and str(getattr(state.args, "format", "")).lower() in TORCH_EXPORT_FORMATS
+        and not tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
 def _clone(v: Any) -> Any:
     return v.detach().clone() if isinstance(v, torch.Tensor) else v
 
@@ -250,6 +270,69 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def for_xnnpack() -> bool:
+    """True while a graph is built for XNNPACK: ``torch.export`` in an Ultralytics export to ExecuTorch or LiteRT, and
+    the exporter's eager dry run before it (which records the :func:`export_constant` values the graph reads).
+
+    Graph paths then avoid operations that ExecuTorch's XNNPACK partitioner does not delegate (sums, splits, layer
+    norms, broadcast matmul operands, unsqueezes, ``amax``): each such node ends one delegated partition and starts
+    another, and lowering time grows with partitions times graph size (yolov8n-transnext at 64 px with two-block
+    stages: 105 partitions, 163 s; the full model at 640 did not lower within 50 minutes)."""
+    return export_format() in TORCH_EXPORT_FORMATS and not tracing()
+
+
+def sum_last(x: torch.Tensor, keepdim: bool = False, mean: bool = False) -> torch.Tensor:
+    """Sum (or ``mean``) over the last dimension: ``x.sum(-1)``; for XNNPACK (:func:`for_xnnpack`) a mean over the
+    inner dimensions of a (1, M, n, 1) view, which it delegates as a global average pooling (it has no sum; a matmul
+    with a constant column of ones, shared by several uses, broke ExecuTorch's serialisation)."""
+    n = x.shape[-1]
+    if not for_xnnpack():
+        return x.mean(-1, keepdim=keepdim) if mean else x.sum(-1, keepdim=keepdim)
+    s = x.reshape(1, -1, n, 1).mean((2, 3), keepdim=True).reshape(*x.shape[:-1], 1)
+    s = s if mean else s * n
+    return s if keepdim else s.reshape(x.shape[:-1])
+
+
+def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for (..., n, k) and (..., k, m) operands; for XNNPACK (:func:`for_xnnpack`) one ``bmm`` on 3-d
+    views (``@`` on 4-d operands exports as expand + bmm, and XNNPACK does not delegate the expand, even to the
+    same shape)."""
+    if not for_xnnpack():
+        return a @ b
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    n = math.prod(batch)
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        t = t if math.prod(t.shape[:-2]) == n else t.expand(*batch, *t.shape[-2:])
+        return t.reshape(n, *t.shape[-2:])
+
+    return torch.bmm(flat(a), flat(b)).reshape(*batch, a.shape[-2], b.shape[-1])
+
+
+def split_sizes(x: torch.Tensor, sizes: list[int], dim: int = -1) -> list[torch.Tensor]:
+    """``x.split(sizes, dim)``; for XNNPACK (:func:`for_xnnpack`) slices (it delegates slices, not splits)."""
+    if not for_xnnpack():
+        return list(x.split(sizes, dim))
+    out, start = [], 0
+    for n in sizes:
+        out.append(x.narrow(dim, start, n))
+        start += n
+    return out
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters and state_dict) that is written out for XNNPACK (:func:`for_xnnpack`), which
+    has no layer norm: means as GEMMs with a constant column, then ``(x - mean) * rsqrt(var + eps) * w + b``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not for_xnnpack() or len(self.normalized_shape) != 1:
+            return super().forward(x)
+        xc = x - sum_last(x, keepdim=True, mean=True)
+        y = xc * torch.rsqrt(sum_last(xc * xc, keepdim=True, mean=True) + self.eps)
+        y = y if self.weight is None else y * self.weight
+        return y if self.bias is None else y + self.bias
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -59,10 +59,17 @@ from .backbone import Backbone, FeatureInfo
 from .layers import (
     CSPBlock,
     DropPath,
+    LayerNorm,
+    batched_matmul,
     channels_last,
     drop_path_rates,
+    export_constant,
     export_format,
+    for_xnnpack,
     map_to_tokens,
+    recording_constants,
+    split_sizes,
+    sum_last,
     table_building,
     to_2tuple,
     tokens_to_map,
@@ -176,18 +183,28 @@ def _window_bound(size: tuple[int, int], window: int, x: torch.Tensor, dtype: to
     ``min(similarity, bound)`` masks the zero padding in graph modes. Built in the graph from the two axes' (H, ws)
     and (W, ws) bounds, anchored to the input: a stored (N, window**2) constant per block took 8 MB of a 1024 px file."""
     (H, W), ws = size, window
+    if for_xnnpack():  # one constant (N, window**2) table: XNNPACK does not delegate the broadcasting unsqueezes
+        return _cached(_window_bound_table, size, ws, x.device, dtype)
     rows = _anchored(_cached(_axis_bound, H, ws, x.device, dtype), x).reshape(H, ws)
     cols = _cached(_axis_bound, W, ws, x.device, dtype)
     return torch.minimum(rows[:, None, :, None], cols[None, :, None, :]).reshape(H * W, ws * ws)
 
 
 @lru_cache(maxsize=64)
+def _window_bound_table(size: tuple[int, int], window: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`_window_bound` as one (N, window**2) table (for XNNPACK)."""
+    with table_building():
+        rows, cols = _axis_bound(size[0], window, device, dtype), _axis_bound(size[1], window, device, dtype)
+        return torch.minimum(rows[:, None, :, None], cols[None, :, None, :]).reshape(size[0] * size[1], -1)
+
+
+@lru_cache(maxsize=64)
 def _sink_block(shape: tuple[int, int], keys: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A (rows, cols) matrix of zeros with ones in its last row's last ``keys`` columns (the sink keys of
+    """A (..., rows, cols) tensor of zeros with ones in its last row's last ``keys`` columns (the sink keys of
     ``AggregatedAttention._sink_attention``)."""
     with table_building():
         t = torch.zeros(shape, device=device, dtype=dtype)
-        t[-1, -keys:] = 1
+        t[..., -1, -keys:] = 1
         return t
 
 
@@ -202,11 +219,17 @@ def clear_caches() -> None:
     cpb_geometry.cache_clear()
     local_geometry.cache_clear()
     _axis_bound.cache_clear()
+    _window_bound_table.cache_clear()
     _sink_block.cache_clear()
     _axis_index.cache_clear()
     _sink_axis_index.cache_clear()
     _log_length.cache_clear()
     _WORKSPACE.__dict__.pop("buffers", None)
+
+
+def _constant_for_xnnpack(owner: nn.Module, key: tuple, fn):
+    """``fn()``, a value computed from weights only; for XNNPACK the constant recorded in the export's dry run."""
+    return export_constant(owner, key, fn) if for_xnnpack() else fn()
 
 
 def _on_cpu(device: torch.device) -> bool:
@@ -388,8 +411,8 @@ def graph_bias_table(module: nn.Module, size: tuple[int, int], pool: tuple[int, 
         cw = _graph_coords(size[1], pool[1], module.pretrain_size[1], x.device)
         return _cpb_mlp(module.cpb_fc1, module.cpb_fc2, ch, cw, **kwargs).to(x.dtype).unsqueeze(0)
 
-    if _graph_mode() != "trace":
-        return table(budget=1 << 24)
+    if _graph_mode() != "trace":  # torch.export for ExecuTorch/LiteRT: the table recorded in the dry run
+        return export_constant(module, ("graph_bias_table", size, pool, x.dtype), lambda: table(budget=1 << 24))
     with untraced(), torch.no_grad():
         t = table()
     return _anchored(t, x)
@@ -498,7 +521,9 @@ def _normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """``F.normalize(x, dim=dim)`` in operations every converter knows (pnnx has no ``clamp_min``). Traced for MNN,
     the norm is a root of squares: MNN 3.6.1 reads ONNX's ``ReduceL2`` from opset 18 on (axes given as an input) as a
     reduction over every axis, which divided each query and key by the norm of the whole tensor."""
-    if _graph_mode() == "trace" and export_format() == "mnn":
+    if for_xnnpack() and dim in (-1, x.ndim - 1):
+        norm = sum_last(x * x, keepdim=True).sqrt()
+    elif _graph_mode() == "trace" and export_format() == "mnn":
         norm = (x * x).sum(dim, keepdim=True).sqrt()
     else:
         norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
@@ -509,11 +534,12 @@ def _cached(fn, *args):
     """``fn(*args)`` of an ``lru_cache``'d geometry function in graph modes. Traced: outside the trace, so the result
     is a constant whether or not it was cached before (a first trace would otherwise record the computation and a
     second read the cache: pnnx's trace check fails on the difference). Compiled: its uncached body (small tensor
-    operations that compile into the graph; dynamo would warn about the cache wrapper)."""
-    if _graph_mode() == "compile":
-        return fn.__wrapped__(*args)
+    operations that compile into the graph; dynamo would warn about the cache wrapper), or for ``torch.export`` in an
+    export to ExecuTorch or LiteRT the value recorded by the exporter's dry run (see ``export_constant``)."""
+    if _graph_mode() == "compile":  # (torch.export for ExecuTorch/LiteRT: the value recorded in the dry run)
+        return export_constant(fn, args, lambda: fn.__wrapped__(*args))
     with untraced():
-        return fn(*args)
+        return export_constant(fn, args, lambda: fn(*args))
 
 
 def _map_size(x: torch.Tensor) -> tuple[int, int]:
@@ -697,7 +723,7 @@ class OverlapPatchEmbed(nn.Module):
     def __init__(self, patch_size: int = 7, stride: int = 4, in_chans: int = 3, embed_dim: int = 768):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride, padding=patch_size // 2)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
@@ -740,6 +766,9 @@ class ConvolutionalGLU(nn.Module):
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         # fc1 as two half GEMMs (same weights as the official ``fc1(x).chunk(2)``): both halves come out contiguous,
         # so the depthwise conv reads the first one as a channels-last map without a copy
+        if for_xnnpack():  # one fc1 GEMM and two slices (XNNPACK delegates neither a split nor a sliced weight)
+            x, v = split_sizes(self.fc1(x), [self.fc2.in_features] * 2)
+            return self.drop(self.fc2(self.drop(self.act(self.dwconv(x, H, W)) * v)))
         (w1, w2), (b1, b2) = self.fc1.weight.chunk(2), self.fc1.bias.chunk(2)
         dropout = self.training and self.drop.p > 0
         if _on_cpu(x.device) and not (torch.is_grad_enabled() or _building_graph() or dropout):
@@ -847,7 +876,7 @@ class AggregatedAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         # pooled path
         self.sr = nn.Conv2d(dim, dim, kernel_size=1)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
         self.act = nn.GELU()
         # MLP of the continuous relative position bias (pooled path)
         self.cpb_fc1 = nn.Linear(2, 512, bias=True)
@@ -870,7 +899,7 @@ class AggregatedAttention(nn.Module):
         return max(H // self.sr_ratio, 1), max(W // self.sr_ratio, 1)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        if _building_graph():
+        if _building_graph() or recording_constants():  # (the dry run records what torch.export reads)
             return self._forward_graph(x, H, W)
         B, N, C = x.shape
         h, d, ws = self.num_heads, self.head_dim, self.window_size
@@ -961,25 +990,26 @@ class AggregatedAttention(nn.Module):
         bound = _window_bound((H, W), ws, x, self.q.weight.dtype)  # min(similarity, bound) masks the padding
 
         q_norm = _normalize(self.q(x).view(B, N, h, d), dim=-1)
-        temp = F.softplus(self.temperature).view(h, 1)
-        q_scaled = (q_norm + self.query_embedding.view(h, d)) * (temp * _anchored(seq_scale, x))  # (B, N, h, d)
+        q_scaled = (q_norm + self.query_embedding.view(h, d)) * self._query_scale(seq_scale, x)  # (B, N, h, d)
 
         # keys/values of the tokens and of the pooled map (sr -> GELU -> adaptive average pool -> LayerNorm) from one
         # kv projection of both (two would store kv's weight twice in simplified ONNX files)
-        x_ = self.act(F.linear(x, self.sr.weight.view(C, C), self.sr.bias))
+        sr = _constant_for_xnnpack(self, "sr_weight", lambda: self.sr.weight.view(C, C))  # (a 1x1 conv's weight)
+        x_ = self.act(F.linear(x, sr, self.sr.bias))
         x_ = F.adaptive_avg_pool2d(x_.reshape(B, H, W, C).permute(0, 3, 1, 2), pool)  # (B, C, pH, pW)
         x_ = x_.transpose(2, 3).flatten(2).transpose(1, 2)  # (B, P, C), keys in (j, i) order as the bias
-        kv, kv_pool = self.kv(torch.cat([x, self.norm(x_)], 1)).split([N, P], 1)
-        k, v = kv.chunk(2, -1)  # (B, N, C) each
-        k_pool, v_pool = kv_pool.chunk(2, -1)  # (B, P, C) each
+        kv, kv_pool = split_sizes(self.kv(torch.cat([x, self.norm(x_)], 1)), [N, P], 1)
+        k, v = split_sizes(kv, [C, C])  # (B, N, C) each
+        k_pool, v_pool = split_sizes(kv_pool, [C, C])  # (B, P, C) each
 
         # local: similarities with the nine shifted views of the zero-padded keys, (B, h, N, L)
         pad = ws // 2
         k_pad = F.pad(_normalize(k.reshape(B, N, h, d), dim=-1).reshape(B, H, W, C), (0, 0, pad, pad, pad, pad))
         v_pad = F.pad(v.reshape(B, H, W, C), (0, 0, pad, pad, pad, pad))  # (B, H + 2p, W + 2p, C)
         shifts = [(i, j) for i in range(ws) for j in range(ws)]
-        local = [(q_scaled * k_pad[:, i : i + H, j : j + W].reshape(B, N, h, d)).sum(-1) for i, j in shifts]
-        local = torch.minimum(torch.stack(local, -1).transpose(1, 2) + self.relative_pos_bias_local.unsqueeze(1), bound)
+        local = [sum_last(q_scaled * k_pad[:, i : i + H, j : j + W].reshape(B, N, h, d), True) for i, j in shifts]
+        local = torch.cat(local, -1).transpose(1, 2) + self.relative_pos_bias_local.view(h, 1, L)
+        local = torch.minimum(local, bound)
 
         # pooled keys/values, (B, h, d, P) and (B, h, P, d)
         k_pool = _normalize(k_pool.reshape(B, P, h, d), dim=-1).permute(0, 2, 3, 1)
@@ -987,7 +1017,7 @@ class AggregatedAttention(nn.Module):
         q = q_scaled.transpose(1, 2)  # (B, h, N, d)
         if self.training and self.attn_drop.p > 0:  # dropout on the weights: one softmax over [pooled | local]
             bias = pooled_bias(self, (H, W), pool, x)  # (1, h, N, P)
-            pooled = q @ k_pool
+            pooled = batched_matmul(q, k_pool)
             attn = self.attn_drop(torch.cat([pooled + bias.to(pooled.dtype), local.to(pooled.dtype)], -1).softmax(-1))
             x_pool = attn[..., :P] @ v_pool.to(attn.dtype)  # (B, h, N, d)
             w_soft = attn[..., P:]
@@ -995,12 +1025,22 @@ class AggregatedAttention(nn.Module):
             x_pool, w_soft = self._sink_attention(q, k_pool, v_pool, local, pooled_bias(self, (H, W), pool, x, True))
 
         # outputs: pooled values, and the local aggregation with query-learnable tokens + bias added to the weights
-        w_local = w_soft + (q_norm.transpose(1, 2) @ self.learnable_tokens + self.learnable_bias)
+        w_local = w_soft + (batched_matmul(q_norm.transpose(1, 2), self.learnable_tokens) + self.learnable_bias)
         w_local = w_local.transpose(1, 2)  # (B, N, h, L)
         out = x_pool.transpose(1, 2)  # (B, N, h, d)
         for s, (i, j) in enumerate(shifts):
             out = out + w_local[..., s : s + 1] * v_pad[:, i : i + H, j : j + W].reshape(B, N, h, d)
         return self.proj_drop(self.proj(out.reshape(B, N, C)))
+
+    def _query_scale(self, seq_scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """softplus(temperature) times the length scale: (N, h, 1); a recorded constant for XNNPACK (its softplus is
+        three undelegated operations)."""
+        h = self.num_heads
+        if for_xnnpack():
+            return export_constant(
+                self, ("query_scale", x.shape[1]), lambda: F.softplus(self.temperature).view(h, 1) * seq_scale
+            )
+        return F.softplus(self.temperature).view(h, 1) * _anchored(seq_scale, x)
 
     @staticmethod
     def _sink_attention(q, k_pool, v_pool, local, bias) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1018,16 +1058,17 @@ class AggregatedAttention(nn.Module):
         """
         d, P = k_pool.shape[-2:]
         S = bias.shape[-1] - P
-        m = local.amax(-1, keepdim=True).detach()
-        lse = m + torch.log(torch.exp(local - m).sum(-1, keepdim=True))  # (B, h, N, 1)
+        m = local.max(local.ndim - 1, keepdim=True)[0] if for_xnnpack() else local.amax(-1, keepdim=True).detach()
+        lse = m + torch.log(sum_last(torch.exp(local - m), True))  # (B, h, N, 1)
         dt = k_pool.dtype
         q = torch.cat([q.to(dt), (lse - math.log(S)).to(dt)], -1)  # (B, h, N, d + 1)
         B, h = k_pool.shape[:2]
-        sink = _cached(_sink_block, (d + 1, S), S, k_pool.device, dt)  # (d + 1, S): ones in the extra channel
-        k = torch.cat([F.pad(k_pool, (0, 0, 0, 1)), sink.expand(B, h, d + 1, S)], -1)  # (B, h, d + 1, P + S)
-        v = torch.cat([F.pad(v_pool, (0, 1)), sink.t().expand(B, h, S, d + 1)], -2)  # (B, h, P + S, d + 1)
-        sims = q @ k
-        out = (sims + bias.to(sims.dtype)).softmax(-1) @ v.to(sims.dtype)  # (B, h, N, d + 1)
+        sink = _cached(_sink_block, (h, d + 1, S), S, k_pool.device, dt)  # (h, d + 1, S): ones in the extra channel
+        sink = sink.reshape(1, h, d + 1, S) if B == 1 else sink.expand(B, h, d + 1, S)
+        k = torch.cat([F.pad(k_pool, (0, 0, 0, 1)), sink], -1)  # (B, h, d + 1, P + S)
+        v = torch.cat([F.pad(v_pool, (0, 1)), sink.transpose(-2, -1)], -2)  # (B, h, P + S, d + 1)
+        sims = batched_matmul(q, k)
+        out = batched_matmul((sims + bias.to(sims.dtype)).softmax(-1), v.to(sims.dtype))  # (B, h, N, d + 1)
         return out[..., :d], torch.exp(local - lse) * out[..., d:].to(local.dtype)
 
     def extra_repr(self) -> str:
@@ -1074,7 +1115,7 @@ class Attention(nn.Module):
         self.cpb_fc2 = nn.Linear(512, num_heads, bias=True)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        if _building_graph():
+        if _building_graph() or recording_constants():  # (the dry run records what torch.export reads)
             return self._forward_graph(x, H, W)
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -1094,15 +1135,16 @@ class Attention(nn.Module):
         """The forward while exporting or compiling (see :meth:`AggregatedAttention._forward_graph`)."""
         B, N, C = x.shape
         h, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).chunk(3, -1)  # (B, N, C) each
+        q, k, v = split_sizes(self.qkv(x), [C] * 3)  # (B, N, C) each
         q = q.reshape(B, N, h, d).transpose(1, 2)  # (B, h, N, d)
         k, v = (t.reshape(B, H, W, C).transpose(1, 2).reshape(B, N, h, d).transpose(1, 2) for t in (k, v))  # (x, y)
-        scale = F.softplus(self.temperature) * _cached(_log_length, N, x.device, self.temperature.dtype)
+        length = _cached(_log_length, N, x.device, self.temperature.dtype)
+        scale = _constant_for_xnnpack(self, ("scale", N), lambda: F.softplus(self.temperature) * length)
         q, k = (_normalize(q, dim=-1) + self.query_embedding) * scale, _normalize(k, dim=-1)
         bias = pooled_bias(self, (H, W), (H, W), x)  # (1, h, N, N), keys in (x, y) order as k and v
-        sims = q @ k.transpose(-2, -1)
+        sims = batched_matmul(q, k.transpose(-2, -1))
         attn = self.attn_drop((sims + bias.to(sims.dtype)).softmax(-1))
-        return self.proj_drop(self.proj((attn @ v.to(attn.dtype)).transpose(1, 2).reshape(B, N, C)))
+        return self.proj_drop(self.proj(batched_matmul(attn, v.to(attn.dtype)).transpose(1, 2).reshape(B, N, C)))
 
 
 class Block(nn.Module):
@@ -1128,14 +1170,14 @@ class Block(nn.Module):
         pretrain_size: int | Sequence[int] = 14,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm1 = LayerNorm(dim, eps=norm_eps)
         if sr_ratio == 1 and pool_size is None:
             self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, pretrain_size)
         else:
             self.attn = AggregatedAttention(
                 dim, num_heads, window_size, qkv_bias, attn_drop, drop, sr_ratio, pool_size, pretrain_size
             )
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2 = LayerNorm(dim, eps=norm_eps)
         self.mlp = ConvolutionalGLU(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -1233,7 +1275,7 @@ class ConvGLU(nn.Module):
     def __init__(self, c1: int, mlp_ratio: float = 4.0, residual: bool = True, drop_path: float = 0.0):
         super().__init__()
         self.residual = bool(residual)
-        self.norm = nn.LayerNorm(c1, eps=1e-6) if self.residual else nn.Identity()
+        self.norm = LayerNorm(c1, eps=1e-6) if self.residual else nn.Identity()
         self.mlp = ConvolutionalGLU(c1, int(c1 * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -1389,7 +1431,7 @@ class TransNeXt(Backbone):
             )
             setattr(self, f"patch_embed{i + 1}", embed)
             setattr(self, f"block{i + 1}", blocks)
-            setattr(self, f"norm{i + 1}", nn.LayerNorm(dims[i], eps=cfg["norm_eps"]))
+            setattr(self, f"norm{i + 1}", LayerNorm(dims[i], eps=cfg["norm_eps"]))
             self.feature_info.append(FeatureInfo(dims[i], stride, f"norm{i + 1}"))
         self.num_classes = int(num_classes)
         if self.num_classes > 0:
