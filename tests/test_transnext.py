@@ -677,20 +677,20 @@ _UNDELEGATED = {
     "aten.expand.default",
     "aten.linalg_vector_norm.default",
     "aten.softplus.default",
-    "aten.log2.default",
-    "aten.arange.default",
-    "aten.arange.start_step",
 }
+_BIAS_MLP = {"aten.log2.default", "aten.sign.default", "aten.arange.default", "aten.arange.start_step"}
 
 
-@pytest.mark.parametrize("grad", [True, False], ids=["autograd-on", "no-grad"])
-def test_torch_export_for_xnnpack_keeps_attention_delegable(grad):
+@pytest.mark.parametrize("fmt, grad", [("executorch", True), ("executorch", False), ("litert", True)])
+def test_torch_export_for_xnnpack_keeps_attention_delegable(fmt, grad):
     """``torch.export`` for ExecuTorch (and LiteRT) after the exporter's eager dry run: the bias tables, window bounds,
     query scales and indices are constants recorded in the dry run (no bias MLP, no geometry in the graph), and the
     attention, ConvGLU and LayerNorms use only operations XNNPACK delegates (means as global average pools, ``bmm``,
     slices) besides the two bias gathers and the adaptive pooling per block. Equal outputs to the eager model, in the
     dry run (which takes this graph path eagerly) and in the exported program; nothing is left on the modules. Without
-    the export context ``torch.export`` keeps the generic graph path (sums, layer norms)."""
+    the export context ``torch.export`` keeps the generic graph path (sums, layer norms). LiteRT takes the same path
+    but computes the bias tables in the program: its converter folds what is constant, and a constant table made it
+    fold every block's gathered bias (yolov8n-transnext at 640: 131 MB instead of ~60)."""
     from types import SimpleNamespace
 
     from yolo_plugins.nn.layers import exporting_with
@@ -699,12 +699,14 @@ def test_torch_export_for_xnnpack_keeps_attention_delegable(grad):
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         ref = m(x)
-    with torch.set_grad_enabled(grad), exporting_with(SimpleNamespace(format="executorch", dynamic=False)):
+    with torch.set_grad_enabled(grad), exporting_with(SimpleNamespace(format=fmt, dynamic=False)):
         dry = m(x)  # the exporter's dry run
         ep = torch.export.export(m, (x,))
     generic = torch.export.export(m, (x,))
     ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert not ops & _UNDELEGATED, sorted(ops & _UNDELEGATED)
+    undelegated = _UNDELEGATED - ({"aten.unsqueeze.default"} if fmt == "litert" else set())  # (in the bias MLP)
+    assert not ops & undelegated, sorted(ops & undelegated)
+    assert bool(ops & _BIAS_MLP) == (fmt == "litert"), sorted(ops & _BIAS_MLP)
     assert {"aten.sum.dim_IntList", "aten.layer_norm.default"} <= {str(n.target) for n in generic.graph.nodes}
     with torch.no_grad():
         for a, b, c in zip(ep.module()(x), dry, ref):

@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from .._legacy import aliases
 from ..errors import IncompatibleUltralyticsError, PluginError
+from ..nn import layers
 from ..nn.backbone import Backbone
 from ..nn.registry import REGISTRY, Entry, plugin_modules, subscribe, unsubscribe
 from . import names, parser
@@ -164,14 +165,15 @@ def _make_fuse(original: Callable) -> Callable:
 # -------------------------------------------------------------------------------------------- restricted loading
 def _safe_globals(import_packages: bool = False) -> dict[str, type]:
     """Classes a pickled plugin model references, keyed like Ultralytics' allow-list ("module.Name"): every nn.Module
-    subclass defined in a module that defines a registered class (plugin families, user modules) and the small data
+    subclass defined in a module that defines a registered class (plugin families, user modules) or in the shared
+    layers (``nn.layers``: LayerNorm, DropPath, ...) and the small data
     classes such modules list in ``__safe_globals__`` (feature info, never-pickled caches). A module may also name
     third-party packages in ``__safe_packages__`` (the Timm row: ``timm``) and their data classes in
     ``__safe_package_data__``: their nn.Modules and enums join too, from the package's modules already imported, or,
     with ``import_packages``, after importing the package where it is installed."""
     out = {}
     packages, package_data = set(), set()
-    for mod_name in {e.cls.__module__ for e in REGISTRY.values()} | {Backbone.__module__}:
+    for mod_name in {e.cls.__module__ for e in REGISTRY.values()} | {Backbone.__module__, layers.__name__}:
         mod = sys.modules.get(mod_name)
         if mod is None:
             continue

@@ -324,7 +324,7 @@ def split_sizes(x: torch.Tensor, sizes: list[int], dim: int = -1) -> list[torch.
 
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` (same parameters and state_dict) that is written out for XNNPACK (:func:`for_xnnpack`), which
-    has no layer norm: means as GEMMs with a constant column, then ``(x - mean) * rsqrt(var + eps) * w + b``."""
+    has no layer norm: ``(x - mean) * rsqrt(var + eps) * w + b`` with the means of :func:`sum_last`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not for_xnnpack() or len(self.normalized_shape) != 1:

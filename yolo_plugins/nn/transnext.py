@@ -403,7 +403,8 @@ def graph_bias_table(module: nn.Module, size: tuple[int, int], pool: tuple[int, 
 
     Traced (exports): computed outside the trace from the current weights, so the graph holds the small table as a
     constant (tracing the MLP would let converters fold its (Rh * Rw, 512) hidden layer into a constant), and anchored
-    to the input by :func:`_anchored`. Compiled: computed in the graph, differentiable like the eager table.
+    to the input by :func:`_anchored`. Compiled: computed in the graph, differentiable like the eager table; for
+    ExecuTorch the table recorded in the exporter's dry run (XNNPACK does not delegate the MLP's geometry).
     """
 
     def table(**kwargs) -> torch.Tensor:
@@ -411,8 +412,11 @@ def graph_bias_table(module: nn.Module, size: tuple[int, int], pool: tuple[int, 
         cw = _graph_coords(size[1], pool[1], module.pretrain_size[1], x.device)
         return _cpb_mlp(module.cpb_fc1, module.cpb_fc2, ch, cw, **kwargs).to(x.dtype).unsqueeze(0)
 
-    if _graph_mode() != "trace":  # torch.export for ExecuTorch/LiteRT: the table recorded in the dry run
-        return export_constant(module, ("graph_bias_table", size, pool, x.dtype), lambda: table(budget=1 << 24))
+    if _graph_mode() != "trace":
+        if export_format() == "executorch":  # torch.export for ExecuTorch: the table recorded in the dry run
+            return export_constant(module, ("graph_bias_table", size, pool, x.dtype), lambda: table(budget=1 << 24))
+        # (not for LiteRT: its converter folds the per-block bias gathered from a constant table, 131 MB at 640)
+        return table(budget=1 << 24)
     with untraced(), torch.no_grad():
         t = table()
     return _anchored(t, x)
