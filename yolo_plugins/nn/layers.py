@@ -36,7 +36,6 @@ __all__ = [
     "for_xnnpack",
     "fuse_conv_bn",
     "map_to_tokens",
-    "recording_constants",
     "split_sizes",
     "sum_last",
     "table_building",
@@ -181,19 +180,6 @@ def export_constant(owner: object, key: Hashable, fn: Callable[[], T]) -> T:
             state.owners.append(owner)
         owner.__dict__[_RECORDS][key] = (state.serial, kept)
     return value
-
-
-def recording_constants() -> bool:
-    """True in the eager dry run of an Ultralytics export to a ``torch.export`` format (ExecuTorch, LiteRT): modules
-    whose eager path computes other values than their graph path take the graph path there, so the
-    :func:`export_constant` values ``torch.export`` will read are recorded (the outputs are equal)."""
-    state = _EXPORT.get()
-    return (
-        state is not None
-        and str(getattr(state.args, "format", "")).lower() in TORCH_EXPORT_FORMATS
-        and not tracing()
-        and not torch.compiler.is_compiling()
-    )
 
 
 def _clone(v: Any) -> Any:

@@ -67,7 +67,6 @@ from .layers import (
     export_format,
     for_xnnpack,
     map_to_tokens,
-    recording_constants,
     split_sizes,
     sum_last,
     table_building,
@@ -903,7 +902,7 @@ class AggregatedAttention(nn.Module):
         return max(H // self.sr_ratio, 1), max(W // self.sr_ratio, 1)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        if _building_graph() or recording_constants():  # (the dry run records what torch.export reads)
+        if _building_graph() or for_xnnpack():  # (also the export's dry run: it records what torch.export reads)
             return self._forward_graph(x, H, W)
         B, N, C = x.shape
         h, d, ws = self.num_heads, self.head_dim, self.window_size
@@ -1119,7 +1118,7 @@ class Attention(nn.Module):
         self.cpb_fc2 = nn.Linear(512, num_heads, bias=True)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        if _building_graph() or recording_constants():  # (the dry run records what torch.export reads)
+        if _building_graph() or for_xnnpack():  # (also the export's dry run: it records what torch.export reads)
             return self._forward_graph(x, H, W)
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
