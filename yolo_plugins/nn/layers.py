@@ -167,7 +167,7 @@ def export_constant(owner: object, key: Hashable, fn: Callable[[], T]) -> T:
     if tracing():
         with untraced(), torch.no_grad():
             return fn()
-    recorded = state is not None and str(getattr(state.args, "format", "")).lower() in TORCH_EXPORT_FORMATS
+    recorded = export_format() in TORCH_EXPORT_FORMATS
     if recorded and torch.compiler.is_exporting():
         serial, value = owner.__dict__.get(_RECORDS, {}).get(key, (None, None))
         return value if serial == state.serial else fn()

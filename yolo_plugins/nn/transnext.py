@@ -185,16 +185,19 @@ def _window_bound(size: tuple[int, int], window: int, x: torch.Tensor, dtype: to
     if for_xnnpack():  # one constant (N, window**2) table: XNNPACK does not delegate the broadcasting unsqueezes
         return _cached(_window_bound_table, size, ws, x.device, dtype)
     rows = _anchored(_cached(_axis_bound, H, ws, x.device, dtype), x).reshape(H, ws)
-    cols = _cached(_axis_bound, W, ws, x.device, dtype)
-    return torch.minimum(rows[:, None, :, None], cols[None, :, None, :]).reshape(H * W, ws * ws)
+    return _outer_bound(rows, _cached(_axis_bound, W, ws, x.device, dtype))
+
+
+def _outer_bound(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(H, ws) and (W, ws) axis bounds -> (H * W, ws * ws), in ``nn.Unfold`` order: the smaller of the two."""
+    return torch.minimum(rows[:, None, :, None], cols[None, :, None, :]).reshape(rows.shape[0] * cols.shape[0], -1)
 
 
 @lru_cache(maxsize=64)
 def _window_bound_table(size: tuple[int, int], window: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """:func:`_window_bound` as one (N, window**2) table (for XNNPACK)."""
     with table_building():
-        rows, cols = _axis_bound(size[0], window, device, dtype), _axis_bound(size[1], window, device, dtype)
-        return torch.minimum(rows[:, None, :, None], cols[None, :, None, :]).reshape(size[0] * size[1], -1)
+        return _outer_bound(_axis_bound(size[0], window, device, dtype), _axis_bound(size[1], window, device, dtype))
 
 
 @lru_cache(maxsize=64)
